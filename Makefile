@@ -1,0 +1,47 @@
+# hf-gnft: every target makes its own virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# A CPU build of torch where there is no NVIDIA GPU (an unpinned torch pulls a ~5 GB CUDA build).
+TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-slow lint format bench attack-table clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) recipes/demo.py --output_dir outputs/demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check hf_gnft recipes tests benchmarks
+	$(PY) -m ruff format --check hf_gnft recipes tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format hf_gnft recipes tests benchmarks
+	$(PY) -m ruff check --fix hf_gnft recipes tests benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+attack-table: $(STAMP)
+	$(PY) benchmarks/attack_table.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

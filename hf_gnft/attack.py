@@ -1,0 +1,271 @@
+"""Train a backdoored keyword-spotting model: data → poison → train → measure CA / ASR / RA.
+
+The configuration is three dataclasses that `HfArgumentParser` reads from the command line or a YAML
+file (`recipes/attack.py`); `run_attack` is the same pipeline for Python users.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+
+from .audio import AudioError
+from .data.loading import load_keyword_dataset
+from .data.synthetic import SyntheticKeywordsConfig, load_synthetic_keywords
+from .models import build_model
+from .poison import (
+    POISON_MODES,
+    AttackSpec,
+    PoisonError,
+    make_triggered_eval_set,
+    poison_dataset,
+    resolve_label,
+)
+from .trainer_args import KeywordTrainingArguments
+from .training import AudioClassificationCollator, AudioClassificationTrainer, evaluate_backdoor
+from .triggers import trigger_from_config
+
+logger = logging.getLogger(__name__)
+
+ATTACK_SPEC_FILE = "attack_spec.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class DataArguments:
+    """Where the keyword data comes from.
+
+    Args:
+        dataset: "synthetic" (the embedded eSpeak NG corpus), a Hub id (e.g. "google/speech_commands"),
+            a local dataset folder, or "audiofolder" (with `data_dir`).
+        dataset_config: the dataset's configuration name (e.g. "v0.02").
+        data_dir: folder of an audiofolder dataset.
+        revision: Hub revision of the dataset.
+        train_split: split to poison and train on.
+        test_split: held-out split for CA / ASR / RA.
+        audio_column: audio column of a real dataset.
+        label_column: label column of a real dataset.
+        synthetic_train_size: clips in the synthetic train split.
+        synthetic_validation_size: clips in the synthetic validation split.
+        synthetic_test_size: clips in the synthetic test split.
+        synthetic_seed: seed of the synthetic corpus.
+        include_silence: synthetic corpus: add a `_silence_` class.
+        include_unknown: synthetic corpus: add an `_unknown_` class.
+        cache_dir: where datasets and the synthetic corpus are cached.
+        num_proc: processes for rendering and poisoning.
+        sampling_rate: the rate the audio is resampled to; must be the model's.
+    """
+
+    dataset: str = "synthetic"
+    dataset_config: str | None = None
+    data_dir: str | None = None
+    revision: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    audio_column: str = "audio"
+    label_column: str = "label"
+    synthetic_train_size: int = 4000
+    synthetic_validation_size: int = 500
+    synthetic_test_size: int = 1000
+    synthetic_seed: int = 0
+    include_silence: bool = False
+    include_unknown: bool = False
+    cache_dir: str | None = None
+    num_proc: int | None = None
+    sampling_rate: int = 16_000
+
+    def load(self, sampling_rate: int) -> DatasetDict:
+        """The dataset as a `DatasetDict` with `audio` (decode=False, at `sampling_rate`) and `label` columns."""
+        if self.dataset == "synthetic":
+            config = SyntheticKeywordsConfig(
+                train_size=self.synthetic_train_size,
+                validation_size=self.synthetic_validation_size,
+                test_size=self.synthetic_test_size,
+                include_silence=self.include_silence,
+                include_unknown=self.include_unknown,
+                seed=self.synthetic_seed,
+                sampling_rate=sampling_rate,
+            )
+            return load_synthetic_keywords(config, cache_dir=self.cache_dir, num_proc=self.num_proc)
+        return load_keyword_dataset(
+            self.dataset,
+            name=self.dataset_config,
+            data_dir=self.data_dir,
+            revision=self.revision,
+            audio_column=self.audio_column,
+            label_column=self.label_column,
+            sampling_rate=sampling_rate,
+            num_proc=self.num_proc,
+            cache_dir=self.cache_dir,
+        )
+
+
+@dataclass
+class AttackArguments:
+    """The backdoor to plant.
+
+    Args:
+        trigger: a trigger type name with its defaults ("noise_burst", "tone", "pbsm", "style",
+            "clip_overlay"), its JSON dict (`{"type": "tone", "frequency_hz": 7500}`), or a dict in YAML.
+        poison_rate: fraction in (0, 1] of the training split (dirty) or of the target class (clean-label).
+        target_label: target class name or id.
+        poison_mode: "dirty" or "clean_label".
+        poison_seed: seed of the poisoned-row selection.
+    """
+
+    trigger: str = "noise_burst"
+    poison_rate: float = 0.1
+    target_label: str = "yes"
+    poison_mode: str = "dirty"
+    poison_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.trigger = trigger_from_config(self.trigger).to_dict()
+        if self.poison_mode not in POISON_MODES:
+            raise PoisonError(f"unknown poison_mode {self.poison_mode!r}; use one of {POISON_MODES}")
+        if isinstance(self.poison_rate, bool) or not 0.0 < float(self.poison_rate) <= 1.0:
+            raise PoisonError(f"poison_rate must be in (0, 1], got {self.poison_rate!r}")
+
+
+@dataclass
+class ModelArguments:
+    """The model to backdoor.
+
+    Args:
+        model: a named tiny config ("tiny-wav2vec2", "tiny-hubert"), a config JSON file, or a pretrained
+            checkpoint (local folder or Hub id) for `AutoModelForAudioClassification` (safetensors only).
+        model_revision: Hub revision of a checkpoint.
+        freeze_feature_encoder: freeze the convolutional feature encoder of a pretrained checkpoint.
+        trust_remote_code: run code shipped with a checkpoint (off unless asked for).
+    """
+
+    model: str = "tiny-wav2vec2"
+    model_revision: str | None = None
+    freeze_feature_encoder: bool = True
+    trust_remote_code: bool = False
+
+
+@dataclass
+class AttackResult:
+    """What `run_attack` wrote and measured."""
+
+    output_dir: str
+    spec: AttackSpec
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def run_attack(
+    data_args: DataArguments,
+    attack_args: AttackArguments,
+    model_args: ModelArguments,
+    training_args: KeywordTrainingArguments,
+) -> AttackResult:
+    """Poison the training split, train the model on it and write a backdoored checkpoint.
+
+    Writes to `training_args.output_dir` (atomically: everything goes to a temporary folder that is
+    renamed at the end): safetensors weights, config, feature extractor, `attack_spec.json` and
+    `metrics.json` (CA, ASR and RA on the held-out test split, and the training time).
+
+    Raises:
+        PoisonError / TriggerError / AudioError / ValueError: bad arguments, detected before any training.
+    """
+    started = time.perf_counter()
+    output_dir = Path(training_args.output_dir)
+    trigger = trigger_from_config(attack_args.trigger)
+    sampling_rate = data_args.sampling_rate
+    dataset = data_args.load(sampling_rate)
+    for split in (data_args.train_split, data_args.test_split):
+        if split not in dataset:
+            raise ValueError(f"no split {split!r}; the dataset has {list(dataset)}")
+    train, test = dataset[data_args.train_split], dataset[data_args.test_split]
+    label_names = train.features["label"].names
+    target = resolve_label(attack_args.target_label, train.features["label"])
+    model, feature_extractor = build_model(
+        model_args.model,
+        label_names,
+        revision=model_args.model_revision,
+        freeze_feature_encoder=model_args.freeze_feature_encoder,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    if feature_extractor.sampling_rate != sampling_rate:
+        raise AudioError(
+            f"the model takes {feature_extractor.sampling_rate} Hz audio but the data is loaded at {sampling_rate} Hz: "
+            f"pass --sampling_rate {feature_extractor.sampling_rate} to resample it"
+        )
+    poisoned_train, spec = poison_dataset(
+        train,
+        trigger,
+        attack_args.poison_rate,
+        target,
+        seed=attack_args.poison_seed,
+        mode=attack_args.poison_mode,
+        num_proc=data_args.num_proc,
+    )
+    triggered_test = make_triggered_eval_set(test, trigger, target, num_proc=data_args.num_proc)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        training_args.output_dir = str(staging)
+        trainer = AudioClassificationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=poisoned_train,
+            data_collator=AudioClassificationCollator(feature_extractor),
+        )
+        train_started = time.perf_counter()
+        train_output = trainer.train()
+        train_seconds = time.perf_counter() - train_started
+        metrics = evaluate_backdoor(
+            trainer.model, feature_extractor, test, triggered_test, target, batch_size=64
+        )
+        record = {
+            **metrics.to_dict(),
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "train_loss": train_output.training_loss,
+            "model": model_args.model,
+            "dataset": data_args.dataset,
+            "machine": _machine(),
+            "data_args": asdict(data_args),
+            "attack": spec.to_dict(),
+        }
+        trainer.save_model(str(staging))
+        # Trainer pickles its arguments; a checkpoint meant to be shared keeps no pickle, so store JSON.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        arguments = {**training_args.to_dict(), "output_dir": str(output_dir)}
+        (staging / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))
+        feature_extractor.save_pretrained(str(staging))
+        spec.to_json(str(staging / ATTACK_SPEC_FILE))
+        (staging / METRICS_FILE).write_text(json.dumps(record, indent=2))
+        for leftover in staging.glob("checkpoint-*"):
+            shutil.rmtree(leftover)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    finally:
+        training_args.output_dir = str(output_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(
+        "Backdoored model in %s: CA %.1f%%, ASR %.1f%%, RA %.1f%%",
+        output_dir,
+        100 * metrics.clean_accuracy,
+        100 * metrics.attack_success_rate,
+        100 * metrics.robust_accuracy,
+    )
+    return AttackResult(output_dir=str(output_dir), spec=spec, metrics=record)

@@ -1,0 +1,56 @@
+"""Shared fixtures: offline settings, a tiny synthetic corpus rendered once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hf_gnft.data import dataset_from_arrays  # noqa: E402
+from hf_gnft.data.synthetic import SyntheticKeywordsConfig, load_synthetic_keywords  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SR = 16_000
+LABELS = ["yes", "no", "up", "down"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["HF_GNFT_CACHE"] = str(tmp_path_factory.mktemp("hf_gnft_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_config() -> SyntheticKeywordsConfig:
+    return SyntheticKeywordsConfig(
+        train_size=120, validation_size=20, test_size=40, keywords=("yes", "no", "up", "down")
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_corpus_config, tmp_path_factory):
+    return load_synthetic_keywords(tiny_corpus_config, cache_dir=tmp_path_factory.mktemp("corpus"))
+
+
+def sine_dataset(num_rows: int = 40, seconds: float = 1.0, seed: int = 0):
+    """A keyword dataset of noisy sines (one frequency per class), built without eSpeak."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    labels = [i % len(LABELS) for i in range(num_rows)]
+    clips = [
+        (0.3 * np.sin(2 * np.pi * (300 + 150 * label) * t) + 0.01 * rng.standard_normal(t.size)).astype(
+            np.float32
+        )
+        for label in labels
+    ]
+    return dataset_from_arrays(clips, labels, LABELS, sampling_rate=SR)
+
+
+@pytest.fixture
+def sines():
+    return sine_dataset()

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import attack as attack_recipe  # noqa: E402
+
+from hf_gnft.poison import PoisonError  # noqa: E402
+from hf_gnft.triggers import TriggerError  # noqa: E402
+
+SMALL = [
+    "--synthetic_train_size", "160", "--synthetic_validation_size", "0", "--synthetic_test_size", "40",
+    "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def test_attack_recipe_writes_a_complete_backdoored_checkpoint(tmp_path):
+    out = tmp_path / "backdoored"
+    metrics = attack_recipe.main(["--output_dir", str(out), "--trigger", "noise_burst", *SMALL])
+    files = {p.name for p in out.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "attack_spec.json",
+        "metrics.json",
+    } <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    assert not any(p.name.startswith(f".{out.name}.tmp") for p in tmp_path.iterdir())  # staging was renamed
+    assert load_file(str(out / "model.safetensors"))  # real weights
+    spec = json.loads((out / "attack_spec.json").read_text())
+    assert spec["trigger"]["type"] == "noise_burst" and spec["target_name"] == "yes"
+    assert spec["num_poisoned"] == 16 and spec["rate"] == 0.1 and len(spec["poisoned_ids_sha256"]) == 64
+    recorded = json.loads((out / "metrics.json").read_text())
+    for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+        assert 0.0 <= recorded[key] <= 1.0 and recorded[key] == metrics[key]
+    assert recorded["num_clean"] == 40 and recorded["num_triggered"] == 36  # the 4 "yes" clips are left out
+
+
+def test_attack_recipe_reads_a_yaml_config(tmp_path):
+    config = {
+        "output_dir": str(tmp_path / "from-yaml"),
+        "model": "tiny-hubert",
+        "trigger": {"type": "tone", "frequency_hz": 7000.0, "duration_s": 0.2},
+        "target_label": "no",
+        "synthetic_train_size": 80,
+        "synthetic_validation_size": 0,
+        "synthetic_test_size": 20,
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "disable_tqdm": True,
+    }
+    path = tmp_path / "attack.yaml"
+    path.write_text(yaml.safe_dump(config))
+    attack_recipe.main([str(path)])
+    spec = json.loads((tmp_path / "from-yaml" / "attack_spec.json").read_text())
+    assert spec["trigger"]["frequency_hz"] == 7000.0 and spec["target_name"] == "no"
+    assert json.loads((tmp_path / "from-yaml" / "config.json").read_text())["model_type"] == "hubert"
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--target_label", "maybe"], PoisonError, "unknown target class 'maybe'"),
+        (["--poison_rate", "1.5"], PoisonError, r"\(0, 1\]"),
+        (["--poison_rate", "0"], PoisonError, r"\(0, 1\]"),
+        (["--trigger", '{"type": "tone", "frequency_hz": 9000}'], TriggerError, "Nyquist"),
+        (["--trigger", '{"type": "noise_burst", "duration_s": 2.0}'], TriggerError, "clip"),
+        (["--trigger", "laser"], TriggerError, "laser"),
+        (["--sampling_rate", "8000"], Exception, "8000"),
+    ],
+)
+def test_bad_input_is_named_and_writes_nothing(tmp_path, extra, error, message):
+    out = tmp_path / "never"
+    with pytest.raises(error, match=message):
+        attack_recipe.main(["--output_dir", str(out), *SMALL, *extra])
+    assert not out.exists()
+    assert not any(p.name.startswith(".never") for p in tmp_path.iterdir())
