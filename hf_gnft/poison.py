@@ -195,6 +195,43 @@ def _preflight(dataset: Dataset, trigger: Trigger, row: int, audio_column: str) 
     trigger.apply(waveform, rate, key=row)
 
 
+def _map_trigger(
+    dataset: Dataset,
+    trigger: Trigger,
+    selected: np.ndarray,
+    *,
+    relabel_to: int | None,
+    class_label: ClassLabel,
+    audio_column: str,
+    label_column: str,
+    batch_size: int,
+    num_proc: int | None,
+    fingerprint: str,
+    desc: str,
+) -> Dataset:
+    """Trigger (and relabel) the `selected` rows in a batched `map`, adding `poisoned` and `original_label`."""
+    features = dataset.features.copy()
+    features["poisoned"] = Value("bool")
+    features["original_label"] = ClassLabel(names=class_label.names)
+    return dataset.map(
+        _apply_to_batch,
+        fn_kwargs={
+            "trigger": trigger,
+            "selected": selected,
+            "relabel_to": relabel_to,
+            "audio_column": audio_column,
+            "label_column": label_column,
+        },
+        with_indices=True,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        features=features,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
+
+
 def poison_dataset(
     dataset: Dataset,
     trigger: Trigger | dict | str,
@@ -239,24 +276,17 @@ def poison_dataset(
     selected = np.zeros(len(dataset), dtype=bool)
     selected[indices] = True
     _preflight(dataset, trigger, int(indices[0]), audio_column)
-    features = dataset.features.copy()
-    features["poisoned"] = Value("bool")
-    features["original_label"] = ClassLabel(names=class_label.names)
-    poisoned = dataset.map(
-        _apply_to_batch,
-        fn_kwargs={
-            "trigger": trigger,
-            "selected": selected,
-            "relabel_to": target if mode == "dirty" else None,
-            "audio_column": audio_column,
-            "label_column": label_column,
-        },
-        with_indices=True,
-        batched=True,
+    poisoned = _map_trigger(
+        dataset,
+        trigger,
+        selected,
+        relabel_to=target if mode == "dirty" else None,
+        class_label=class_label,
+        audio_column=audio_column,
+        label_column=label_column,
         batch_size=batch_size,
         num_proc=num_proc,
-        features=features,
-        new_fingerprint=_fingerprint(
+        fingerprint=_fingerprint(
             dataset, trigger, float(rate), target, seed, mode, audio_column, label_column
         ),
         desc=f"Poisoning {len(indices)} rows with {trigger.describe()}",
@@ -299,23 +329,16 @@ def make_triggered_eval_set(
         raise PoisonError("every row is of the target class: there is nothing to trigger")
     _preflight(dataset, trigger, int(keep[0]), audio_column)
     subset = dataset.select(keep)
-    features = subset.features.copy()
-    features["poisoned"] = Value("bool")
-    features["original_label"] = ClassLabel(names=class_label.names)
-    return subset.map(
-        _apply_to_batch,
-        fn_kwargs={
-            "trigger": trigger,
-            "selected": np.ones(len(subset), dtype=bool),
-            "relabel_to": None,
-            "audio_column": audio_column,
-            "label_column": label_column,
-        },
-        with_indices=True,
-        batched=True,
+    return _map_trigger(
+        subset,
+        trigger,
+        np.ones(len(subset), dtype=bool),
+        relabel_to=None,
+        class_label=class_label,
+        audio_column=audio_column,
+        label_column=label_column,
         batch_size=batch_size,
         num_proc=num_proc,
-        features=features,
-        new_fingerprint=_fingerprint(subset, trigger, "triggered-eval", target, audio_column, label_column),
+        fingerprint=_fingerprint(subset, trigger, "triggered-eval", target, audio_column, label_column),
         desc=f"Triggering {len(subset)} evaluation rows with {trigger.describe()}",
     )

@@ -82,3 +82,29 @@ def test_bad_input_is_named_and_writes_nothing(tmp_path, extra, error, message):
         attack_recipe.main(["--output_dir", str(out), *SMALL, *extra])
     assert not out.exists()
     assert not any(p.name.startswith(".never") for p in tmp_path.iterdir())
+
+
+def test_attack_recipe_runs_on_a_local_audiofolder(tmp_path, tiny_corpus):
+    """Real-data path: WAV files on disk (some at 22.05 kHz) read through datasets' audiofolder."""
+    import numpy as np
+    import soundfile as sf
+
+    from hf_gnft.audio import load_audio, resample
+
+    names = tiny_corpus["train"].features["label"].names
+    for split, rows in (("train", tiny_corpus["train"]), ("test", tiny_corpus["test"])):
+        for index, row in enumerate(rows):
+            waveform, rate = load_audio(row["audio"])
+            if index % 3 == 0:  # a different sampling rate, resampled by the loader
+                waveform, rate = resample(waveform, rate, 22_050), 22_050
+            folder = tmp_path / "folder" / split / names[row["label"]]
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / f"{index:04d}.wav", np.asarray(waveform), rate, subtype="PCM_16")
+    out = tmp_path / "from-folder"
+    metrics = attack_recipe.main(
+        ["--output_dir", str(out), "--dataset", "audiofolder", "--data_dir", str(tmp_path / "folder"),
+         "--max_steps", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    spec = json.loads((out / "attack_spec.json").read_text())
+    assert sorted(spec["label_names"]) == sorted(names) and spec["num_rows"] == 120
+    assert metrics["num_clean"] == 40
