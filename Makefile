@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench attack-table clean
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft attack-table clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+bench-gnft: $(STAMP)
+	$(PY) benchmarks/bench_gnft.py
+
+sweep-gnft: $(STAMP)
+	$(PY) benchmarks/sweep_gnft.py
 
 attack-table: $(STAMP)
 	$(PY) benchmarks/attack_table.py

@@ -12,6 +12,17 @@ from .data import (
     select_keywords,
     speech_commands,
 )
+from .defense import (
+    CleanDataArguments,
+    CleanDataError,
+    DefenseConfig,
+    DefenseResult,
+    SuspectModelArguments,
+    load_suspect_model,
+    run_defense,
+)
+from .gnft_config import GNFTConfig
+from .gnft_trainer import GNFTTrainer
 from .metrics import (
     BackdoorMetrics,
     attack_success_rate,
@@ -48,6 +59,15 @@ from .triggers import (
 from .version import __version__
 
 __all__ = [
+    "CleanDataArguments",
+    "CleanDataError",
+    "DefenseConfig",
+    "DefenseResult",
+    "GNFTConfig",
+    "GNFTTrainer",
+    "SuspectModelArguments",
+    "load_suspect_model",
+    "run_defense",
     "KEYWORDS",
     "PBSM",
     "TINY_MODELS",

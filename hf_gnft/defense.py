@@ -1,0 +1,280 @@
+"""Clean a suspect keyword-spotting model with GN-FT (or plain fine-tuning) and measure it before and after.
+
+The configuration is dataclasses that `HfArgumentParser` reads from the command line or YAML
+(`recipes/defend.py`, also under `accelerate launch`); `run_defense` is the same pipeline in Python.
+The defender trains on clean data only. The attack spec, when given, is used only to measure the
+attack success rate before and after; it never influences training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
+
+from .attack import ATTACK_SPEC_FILE, DataArguments, _machine
+from .audio import AudioError
+from .gnft_config import GNFTConfig
+from .gnft_trainer import GNFTTrainer
+from .metrics import BackdoorMetrics
+from .poison import AttackSpec, make_triggered_eval_set
+from .training import AudioClassificationCollator, evaluate_backdoor
+
+logger = logging.getLogger(__name__)
+
+DEFENSE_METRICS_FILE = "defense_metrics.json"
+
+
+class CleanDataError(ValueError):
+    """The defender's clean data cannot be used (empty, labels that do not match the model...)."""
+
+
+@dataclass
+class SuspectModelArguments:
+    """The model to clean.
+
+    Args:
+        model: a local folder or Hub id of an `AutoModelForAudioClassification` checkpoint (safetensors only).
+        model_revision: Hub revision (branch, tag or commit).
+        trust_remote_code: run code shipped with the checkpoint (off unless asked for).
+        attack_spec: the `attack_spec.json` of a known attack, to measure ASR / RA / DER; defaults to the one
+            next to the model when there is one. Used for evaluation only.
+    """
+
+    model: str = field(default="outputs/attack", metadata={"help": "Suspect checkpoint (folder or Hub id)."})
+    model_revision: str | None = None
+    trust_remote_code: bool = False
+    attack_spec: str | None = None
+
+
+@dataclass
+class CleanDataArguments:
+    """The defender's clean data.
+
+    Args:
+        clean_split: the split the defender trusts (a subset of it is used).
+        clean_fraction: fraction of that split used for fine-tuning (the authors use 5%).
+        clean_count: a number of clips instead of a fraction.
+        clean_seed: seed of the subset selection.
+        eval_split: held-out split for CA (and, triggered, ASR / RA).
+        validation_split: a clean split whose accuracy before and after is recorded, for choosing
+            hyperparameters without the test set or the trigger (skipped when the dataset has no such split).
+    """
+
+    clean_split: str = "train"
+    clean_fraction: float = 0.05
+    clean_count: int | None = None
+    clean_seed: int = 0
+    eval_split: str = "test"
+    validation_split: str | None = "validation"
+
+    def select(self, dataset: Dataset) -> Dataset:
+        """The clean subset: `clean_count` or `round(clean_fraction * len)` rows drawn with `clean_seed`."""
+        if self.clean_count is not None:
+            count = int(self.clean_count)
+        else:
+            if not 0.0 < self.clean_fraction <= 1.0:
+                raise CleanDataError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
+            count = int(round(self.clean_fraction * len(dataset)))
+        if count <= 0:
+            raise CleanDataError(
+                f"the clean set is empty ({self.clean_count=}, {self.clean_fraction=} of {len(dataset)} rows): "
+                "a defense needs clean data"
+            )
+        if count > len(dataset):
+            raise CleanDataError(f"clean_count {count} exceeds the {len(dataset)} rows of the clean split")
+        rows = np.random.default_rng([self.clean_seed, 0xC1EA]).choice(
+            len(dataset), size=count, replace=False
+        )
+        return dataset.select(np.sort(rows))
+
+
+@dataclass
+class DefenseConfig(GNFTConfig):
+    """`GNFTConfig` with defaults for cleaning a small keyword model on a small clean set.
+
+    The authors' optimizer: SGD with momentum 0.9 and weight decay 5e-5 (TSBD), cosine schedule;
+    20 epochs of batches of 32. Set `gn_alpha=0` for plain fine-tuning with the same budget.
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where the cleaned model is written."})
+    optim: str = field(default="sgd", metadata={"help": "Optimizer (the authors: SGD with momentum)."})
+    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
+    learning_rate: float = field(default=0.01, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=5e-5, metadata={"help": "Weight decay."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    num_train_epochs: float = field(default=20.0, metadata={"help": "Epochs over the clean set."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers to report to."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `audio` for the collator."})
+
+
+@dataclass
+class DefenseResult:
+    """What `run_defense` wrote and measured."""
+
+    output_dir: str
+    before: BackdoorMetrics
+    after: BackdoorMetrics
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def load_suspect_model(
+    model: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, Any]:
+    """Load an untrusted audio classifier: safetensors weights only, no remote code unless asked for."""
+    if os.path.isdir(model) and not any(Path(model).glob("*.safetensors")):
+        raise ValueError(
+            f"{model} holds no safetensors weights; hf-gnft does not unpickle untrusted checkpoints "
+            "(convert it with `model.save_pretrained(path, safe_serialization=True)` in a sandbox)"
+        )
+    network = AutoModelForAudioClassification.from_pretrained(
+        model, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    extractor = AutoFeatureExtractor.from_pretrained(
+        model, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return network, extractor
+
+
+def _check_labels(model: PreTrainedModel, dataset: Dataset) -> None:
+    model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    data_names = dataset.features["label"].names
+    if model_names != data_names:
+        raise CleanDataError(
+            f"the model's classes {model_names} differ from the data's {data_names}: clean data must use the "
+            "suspect model's label space"
+        )
+
+
+def run_defense(
+    data_args: DataArguments,
+    clean_args: CleanDataArguments,
+    model_args: SuspectModelArguments,
+    config: GNFTConfig,
+) -> DefenseResult:
+    """Fine-tune the suspect model on clean data with GN-FT (`config.gn_alpha > 0`) or plainly (`= 0`).
+
+    Writes to `config.output_dir`, atomically (a temporary folder renamed at the end): the cleaned
+    model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and after,
+    DER, wall time, hyperparameters) and, when known, a copy of the attack spec.
+    """
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    model, extractor = load_suspect_model(
+        model_args.model, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+    )
+    spec_path = model_args.attack_spec or (
+        str(Path(model_args.model) / ATTACK_SPEC_FILE)
+        if (Path(model_args.model) / ATTACK_SPEC_FILE).is_file()
+        else None
+    )
+    spec = AttackSpec.from_json(spec_path) if spec_path else None
+    if extractor.sampling_rate != data_args.sampling_rate:
+        raise AudioError(
+            f"the model takes {extractor.sampling_rate} Hz audio but the data is loaded at "
+            f"{data_args.sampling_rate} Hz: pass --sampling_rate {extractor.sampling_rate}"
+        )
+    dataset = data_args.load(data_args.sampling_rate)
+    for split in (clean_args.clean_split, clean_args.eval_split):
+        if split not in dataset:
+            raise CleanDataError(f"no split {split!r}; the dataset has {list(dataset)}")
+    clean = clean_args.select(dataset[clean_args.clean_split])
+    test = dataset[clean_args.eval_split]
+    _check_labels(model, test)
+    triggered = (
+        make_triggered_eval_set(test, spec.build_trigger(), spec.target_label, num_proc=data_args.num_proc)
+        if spec
+        else None
+    )
+    target = spec.target_label if spec else None
+    before = evaluate_backdoor(model, extractor, test, triggered, target)
+    validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
+    validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        config.output_dir = str(staging)
+        trainer = GNFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=clean,
+            data_collator=AudioClassificationCollator(extractor),
+        )
+        train_started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - train_started
+        after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)
+        validation_after = (
+            evaluate_backdoor(trainer.model, extractor, validation).clean_accuracy if validation else None
+        )
+        record = {
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+            "validation_accuracy": {"before": validation_before, "after": validation_after},
+            "der": after.der_against(before) if spec else None,
+            "defense": "gn-ft" if config.gn_alpha > 0 else "ft",
+            "train_seconds": round(train_seconds, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+            "clean_rows": len(clean),
+            "suspect_model": model_args.model,
+            "suspect_revision": model_args.model_revision,
+            "attack": spec.to_dict() if spec else None,
+            "clean_data": asdict(clean_args),
+            "data_args": asdict(data_args),
+            "gn": {
+                key: getattr(config, key)
+                for key in ("gn_alpha", "gn_radius", "gn_norm", "gn_mode", "gn_warmup_steps", "gn_parameters")
+            },
+            "optim": {
+                key: getattr(config, key)
+                for key in (
+                    "optim",
+                    "optim_args",
+                    "learning_rate",
+                    "weight_decay",
+                    "lr_scheduler_type",
+                    "num_train_epochs",
+                    "per_device_train_batch_size",
+                    "seed",
+                )
+            },  # fmt: skip
+            "log_history": trainer.state.log_history,
+            "machine": _machine(),
+        }
+        if trainer.is_world_process_zero():
+            trainer.save_model(str(staging))
+            extractor.save_pretrained(str(staging))
+            (staging / "training_args.bin").unlink(missing_ok=True)  # no pickle in a model meant to be shared
+            (staging / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
+            if spec:
+                spec.to_json(str(staging / ATTACK_SPEC_FILE))
+            if output_dir.exists():
+                shutil.rmtree(output_dir)
+            os.replace(staging, output_dir)
+    finally:
+        config.output_dir = str(output_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(
+        "Cleaned model in %s: CA %.1f%% -> %.1f%%%s",
+        output_dir,
+        100 * before.clean_accuracy,
+        100 * after.clean_accuracy,
+        f", ASR {100 * before.attack_success_rate:.1f}% -> {100 * after.attack_success_rate:.1f}%"
+        if spec
+        else "",
+    )
+    return DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)

@@ -1,0 +1,86 @@
+"""`GNFTConfig`: `TrainingArguments` plus the settings of the gradient-norm penalty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .perturbation import NORMS
+
+GN_MODES = ("approx", "exact")
+
+
+@dataclass
+class GNFTConfig(TrainingArguments):
+    r"""Configuration of [`GNFTTrainer`]: every `TrainingArguments` field, plus the penalty.
+
+    GN-FT (Zhou, Lin, Liu, arXiv 2502.01152) fine-tunes on a small clean set with the loss
+    `CE + λ‖∇θ CE‖₂`. In "approx" mode the gradient of that loss is estimated with two passes,
+    `g = (1 − α)·∇L(θ) + α·∇L(θ + r·∇L(θ)/‖∇L(θ)‖)` with `α = λ / r`; in "exact" mode it is computed by
+    double backprop (a reference, about twice the cost of "approx").
+
+    Parameters that control the penalty:
+
+    > Gradient-norm penalty
+
+        gn_alpha (`float`, *optional*, defaults to `0.7`):
+            α = λ / r, the weight of the second-pass gradient. 0 is plain fine-tuning (the stock Trainer step);
+            1 is SAM. Values above 1 are allowed (λ > r, e.g. when taking r → 0 at fixed λ).
+        gn_radius (`float`, *optional*, defaults to `0.05`):
+            r, the radius of the finite-difference step (authors' default 0.05).
+        gn_norm (`str`, *optional*, defaults to `"global"`):
+            How the first-pass gradient is normalised: `"global"` (‖g‖ over all covered parameters, as in
+            the GNP reference code) or `"per_tensor"` (each tensor by its own norm, as in the GN-FT / TSBD
+            authors' code; its total step grows with the square root of the number of tensors).
+        gn_mode (`str`, *optional*, defaults to `"approx"`):
+            `"approx"` (two passes) or `"exact"` (double backprop of CE + λ‖∇CE‖, λ = α·r; single process only,
+            needs an attention implementation that double-backprops, e.g. `attn_implementation="eager"`).
+        gn_warmup_steps (`float`, *optional*, defaults to `0`):
+            Optimizer steps over which α (hence λ) ramps linearly from 0 to `gn_alpha`; a value in (0, 1) is
+            a fraction of the total steps. Gradient regularisation can hurt early in training (Zhao et al.,
+            ICML 2024), so a warm-up of the penalty is offered.
+        gn_parameters (`str` or `None`, *optional*, defaults to `None`):
+            A regular expression over parameter names: only matching trainable parameters are perturbed and
+            enter ‖∇θ CE‖ (e.g. `"encoder\\.layers\\.1\\."`). `None` covers every trainable parameter.
+    """
+
+    gn_alpha: float = field(default=0.7, metadata={"help": "α = λ / r: weight of the second-pass gradient."})
+    gn_radius: float = field(default=0.05, metadata={"help": "r: radius of the finite-difference step."})
+    gn_norm: str = field(
+        default="global", metadata={"help": "Normalisation of ∇L: 'global' or 'per_tensor'."}
+    )
+    gn_mode: str = field(
+        default="approx", metadata={"help": "'approx' (two passes) or 'exact' (double backprop)."}
+    )
+    gn_warmup_steps: float = field(
+        default=0, metadata={"help": "Steps (or a fraction < 1 of all steps) over which α ramps up from 0."}
+    )
+    gn_parameters: str | None = field(
+        default=None, metadata={"help": "Regex over parameter names covered by the penalty (default: all)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.gn_alpha, (int, float)) or not self.gn_alpha >= 0:
+            raise ValueError(f"gn_alpha must be >= 0 (0 is plain fine-tuning), got {self.gn_alpha!r}")
+        if not isinstance(self.gn_radius, (int, float)) or not self.gn_radius > 0:
+            raise ValueError(f"gn_radius must be > 0, got {self.gn_radius!r}")
+        if self.gn_norm not in NORMS:
+            raise ValueError(f"unknown gn_norm {self.gn_norm!r}; use one of {NORMS}")
+        if self.gn_mode not in GN_MODES:
+            raise ValueError(f"unknown gn_mode {self.gn_mode!r}; use one of {GN_MODES}")
+        if not isinstance(self.gn_warmup_steps, (int, float)) or not self.gn_warmup_steps >= 0:
+            raise ValueError(f"gn_warmup_steps must be >= 0, got {self.gn_warmup_steps!r}")
+        if self.gn_parameters is not None:
+            import re
+
+            try:
+                re.compile(self.gn_parameters)
+            except re.error as err:
+                raise ValueError(f"gn_parameters is not a valid regular expression: {err}") from err
+
+    @property
+    def gn_lambda(self) -> float:
+        """λ = α · r, the weight of ‖∇θ CE‖ in the loss."""
+        return self.gn_alpha * self.gn_radius

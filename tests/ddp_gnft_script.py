@@ -1,0 +1,31 @@
+"""Run by test_gnft_ddp.py under `accelerate launch --cpu --num_processes 2`: a few GN-FT steps with DDP."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import sine_dataset  # noqa: E402
+from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat, tiny_model  # noqa: E402
+
+
+def main(output: str, workdir: str) -> None:
+    data = sine_dataset(num_rows=16, seconds=0.4)
+    model, extractor = tiny_model()
+    args = config(
+        Path(workdir), "ddp", per_device_train_batch_size=2, max_steps=2, learning_rate=0.5, gn_alpha=0.7
+    )
+    trainer = InOrderGNFT(
+        model=model, args=args, train_dataset=data, data_collator=Float64Collator(extractor)
+    )
+    assert trainer.args.world_size == 2, trainer.args.world_size
+    trainer.train()
+    if trainer.args.process_index == 0:
+        torch.save(flat(trainer.accelerator.unwrap_model(trainer.model)), output)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
