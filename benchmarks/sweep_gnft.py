@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert"])
     parser.add_argument("--triggers", nargs="+", default=list(TRIGGERS))
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
-    parser.add_argument("--learning_rates", nargs="+", type=float, default=[0.01, 0.03])
+    parser.add_argument("--learning_rates", nargs="+", type=float, default=[0.05, 0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--results", default=str(HERE / "results" / "sweep_gnft.jsonl"))
     args = parser.parse_args()
@@ -192,8 +192,8 @@ def main() -> None:
                             flush=True,
                         )
     table = summarise(rows)
-    command = "make sweep-gnft (python benchmarks/sweep_gnft.py)"
-    (HERE / "sweep_gnft.md").write_text(f"{table}\n\nCommand: `{command}`.\n")
+    command = "make sweep-gnft` (`python benchmarks/sweep_gnft.py`)"
+    (HERE / "sweep_gnft.md").write_text(f"{table}\n\nCommand: `{command}, on x86_64 with 2 CPU cores.\n")
     plot(rows, HERE / "sweep_gnft.png")
     print(table)
 

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from .audio import AudioError
 from .data.loading import load_keyword_dataset
 from .data.synthetic import SyntheticKeywordsConfig, load_synthetic_keywords
 from .models import build_model
+from .outputs import save_shareable_model, staged_output_dir
 from .poison import (
     POISON_MODES,
     AttackSpec,
@@ -165,7 +164,8 @@ class AttackResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _machine() -> str:
+def machine_description() -> str:
+    """The machine a run used, for the records it writes."""
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
@@ -218,19 +218,20 @@ def run_attack(
     )
     triggered_test = make_triggered_eval_set(test, trigger, target, num_proc=data_args.num_proc)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        training_args.output_dir = str(staging)
-        trainer = AudioClassificationTrainer(
-            model=model,
-            args=training_args,
-            train_dataset=poisoned_train,
-            data_collator=AudioClassificationCollator(feature_extractor),
-        )
-        train_started = time.perf_counter()
-        train_output = trainer.train()
-        train_seconds = time.perf_counter() - train_started
+    with staged_output_dir(output_dir) as staged:
+        training_args.output_dir = str(staged.path)
+        try:
+            trainer = AudioClassificationTrainer(
+                model=model,
+                args=training_args,
+                train_dataset=poisoned_train,
+                data_collator=AudioClassificationCollator(feature_extractor),
+            )
+            train_started = time.perf_counter()
+            train_output = trainer.train()
+            train_seconds = time.perf_counter() - train_started
+        finally:
+            training_args.output_dir = str(output_dir)
         metrics = evaluate_backdoor(
             trainer.model, feature_extractor, test, triggered_test, target, batch_size=64
         )
@@ -241,26 +242,16 @@ def run_attack(
             "train_loss": train_output.training_loss,
             "model": model_args.model,
             "dataset": data_args.dataset,
-            "machine": _machine(),
+            "machine": machine_description(),
             "data_args": asdict(data_args),
             "attack": spec.to_dict(),
         }
-        trainer.save_model(str(staging))
-        # Trainer pickles its arguments; a checkpoint meant to be shared keeps no pickle, so store JSON.
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        arguments = {**training_args.to_dict(), "output_dir": str(output_dir)}
-        (staging / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))
-        feature_extractor.save_pretrained(str(staging))
-        spec.to_json(str(staging / ATTACK_SPEC_FILE))
-        (staging / METRICS_FILE).write_text(json.dumps(record, indent=2))
-        for leftover in staging.glob("checkpoint-*"):
-            shutil.rmtree(leftover)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        training_args.output_dir = str(output_dir)
-        shutil.rmtree(staging, ignore_errors=True)
+        save_shareable_model(trainer, feature_extractor, staged.path)
+        (staged.path / "training_args.json").write_text(
+            json.dumps(training_args.to_dict(), indent=2, default=str)
+        )
+        spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+        (staged.path / METRICS_FILE).write_text(json.dumps(record, indent=2))
     logger.info(
         "Backdoored model in %s: CA %.1f%%, ASR %.1f%%, RA %.1f%%",
         output_dir,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,17 +20,36 @@ import numpy as np
 from datasets import Dataset
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
 
-from .attack import ATTACK_SPEC_FILE, DataArguments, _machine
+from .attack import ATTACK_SPEC_FILE, DataArguments, machine_description
 from .audio import AudioError
 from .gnft_config import GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .metrics import BackdoorMetrics
+from .outputs import save_shareable_model, staged_output_dir
 from .poison import AttackSpec, make_triggered_eval_set
 from .training import AudioClassificationCollator, evaluate_backdoor
 
 logger = logging.getLogger(__name__)
 
 DEFENSE_METRICS_FILE = "defense_metrics.json"
+DEFENSE_TABLE_FILE = "defense_table.md"
+
+
+def format_before_after(before: BackdoorMetrics, after: BackdoorMetrics, der: float | None = None) -> str:
+    """A markdown table of CA / ASR / RA (%) before and after a defense, and the DER."""
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    lines = ["| | CA % | ASR % | RA % |", "|---|---|---|---|"]
+    for name, metrics in (("before", before), ("after", after)):
+        lines.append(
+            f"| {name} | {cell(metrics.clean_accuracy)} | {cell(metrics.attack_success_rate)} "
+            f"| {cell(metrics.robust_accuracy)} |"
+        )
+    if der is not None:
+        lines.append(f"\nDER = {der:.3f}")
+    return "\n".join(lines)
 
 
 class CleanDataError(ValueError):
@@ -204,19 +221,20 @@ def run_defense(
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
     validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        config.output_dir = str(staging)
-        trainer = GNFTTrainer(
-            model=model,
-            args=config,
-            train_dataset=clean,
-            data_collator=AudioClassificationCollator(extractor),
-        )
-        train_started = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - train_started
+    with staged_output_dir(output_dir) as staged:
+        config.output_dir = str(staged.path)
+        try:
+            trainer = GNFTTrainer(
+                model=model,
+                args=config,
+                train_dataset=clean,
+                data_collator=AudioClassificationCollator(extractor),
+            )
+            train_started = time.perf_counter()
+            trainer.train()
+            train_seconds = time.perf_counter() - train_started
+        finally:
+            config.output_dir = str(output_dir)
         after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)
         validation_after = (
             evaluate_backdoor(trainer.model, extractor, validation).clean_accuracy if validation else None
@@ -253,21 +271,17 @@ def run_defense(
                 )
             },  # fmt: skip
             "log_history": trainer.state.log_history,
-            "machine": _machine(),
+            "machine": machine_description(),
         }
-        if trainer.is_world_process_zero():
-            trainer.save_model(str(staging))
-            extractor.save_pretrained(str(staging))
-            (staging / "training_args.bin").unlink(missing_ok=True)  # no pickle in a model meant to be shared
-            (staging / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
+        staged.publish = trainer.is_world_process_zero()
+        if staged.publish:
+            save_shareable_model(trainer, extractor, staged.path)
+            (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
+            (staged.path / DEFENSE_TABLE_FILE).write_text(
+                format_before_after(before, after, record["der"]) + "\n"
+            )
             if spec:
-                spec.to_json(str(staging / ATTACK_SPEC_FILE))
-            if output_dir.exists():
-                shutil.rmtree(output_dir)
-            os.replace(staging, output_dir)
-    finally:
-        config.output_dir = str(output_dir)
-        shutil.rmtree(staging, ignore_errors=True)
+                spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
     logger.info(
         "Cleaned model in %s: CA %.1f%% -> %.1f%%%s",
         output_dir,

@@ -56,6 +56,8 @@ def test_defend_writes_cleaned_model_and_before_after_metrics(tmp_path, suspect)
         assert 0 <= saved[when]["clean_accuracy"] <= 1 and 0 <= saved[when]["attack_success_rate"] <= 1
     assert saved["defense"] == "gn-ft" and saved["clean_rows"] == 16 and 0 <= saved["der"] <= 1
     assert any("gn/grad_norm" in row for row in saved["log_history"])
+    table = (out / "defense_table.md").read_text()
+    assert "| before |" in table and "| after |" in table and "DER =" in table
     assert record["gn"]["gn_alpha"] == 0.7 and record["optim"]["optim"] == "sgd"
 
 

@@ -322,3 +322,40 @@ def test_penalty_lowers_the_gradient_norm_more_than_plain_fine_tuning(tmp_path):
         )
     assert norms["penalised"] < norms["plain"]
     assert np.isfinite(list(norms.values())).all()
+
+
+def test_batchnorm_statistics_are_updated_once_per_step(tmp_path):
+    """The second pass must not move BatchNorm running statistics (CNN baselines have BatchNorm)."""
+
+    class TinyCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU())
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x, labels=None):
+            logits = self.head(self.body(x))
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    rows = [
+        {"x": torch.randn(8, generator=torch.Generator().manual_seed(i)), "labels": i % 3} for i in range(8)
+    ]
+
+    def collate(batch):
+        return {
+            "x": torch.stack([r["x"] for r in batch]),
+            "labels": torch.tensor([r["labels"] for r in batch]),
+        }
+
+    stats = {}
+    for alpha in (0.0, 0.7):
+        torch.manual_seed(0)
+        model = TinyCNN()
+        args = config(
+            tmp_path, f"bn{alpha}", gn_alpha=alpha, per_device_train_batch_size=8, learning_rate=0.0
+        )
+        InOrderGNFT(model=model, args=args, train_dataset=rows, data_collator=collate).train()
+        batchnorm = model.body[1]
+        stats[alpha] = (batchnorm.running_mean.clone(), int(batchnorm.num_batches_tracked))
+    torch.testing.assert_close(stats[0.7][0], stats[0.0][0], rtol=0, atol=0)
+    assert stats[0.7][1] == stats[0.0][1] == 1

@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
 
 from ..audio import DEFAULT_SAMPLING_RATE, audio_value, resample
+from ..outputs import staged_output_dir
 from .espeak import ENGLISH_VOICES, ESPEAK_SAMPLING_RATE, ESpeakSynthesizer, list_variants
 from .keywords import KEYWORDS, SILENCE_LABEL, UNKNOWN_LABEL, UNKNOWN_WORDS
 from .loading import dataset_from_arrays
@@ -327,19 +326,10 @@ def load_synthetic_keywords(
             if config.split_size(split)
         }
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename: a crash never leaves a half-written corpus that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        corpus.save_to_disk(str(staging / "corpus"))
-        (staging / "corpus" / "hf_gnft_synthetic_config.json").write_text(
-            json.dumps(config.to_dict(), indent=2)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging / "corpus", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Written next to the target and renamed: a crash never leaves a half-written corpus that looks complete.
+    with staged_output_dir(target) as staged:
+        corpus.save_to_disk(str(staged.path))
+        (staged.path / "hf_gnft_synthetic_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return load_from_disk(str(target))
 
 
