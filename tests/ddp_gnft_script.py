@@ -25,6 +25,9 @@ def main(output: str, workdir: str) -> None:
     trainer.train()
     if trainer.args.process_index == 0:
         torch.save(flat(trainer.accelerator.unwrap_model(trainer.model)), output)
+    trainer.accelerator.wait_for_everyone()
+    # An explicit shutdown: leaving gloo's threads to process exit can abort ("terminate called ...").
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
