@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-
-from transformers import HfArgumentParser
 
 from hf_gnft.attack import AttackArguments, DataArguments, ModelArguments, run_attack
+from hf_gnft.cli import parse_recipe_args
 from hf_gnft.trainer_args import KeywordTrainingArguments
 
 
-def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((DataArguments, AttackArguments, ModelArguments, KeywordTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+def parse_args(argv: list[str] | None = None) -> tuple:
+    return parse_recipe_args((DataArguments, AttackArguments, ModelArguments, KeywordTrainingArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

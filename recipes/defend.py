@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-
-from transformers import HfArgumentParser
 
 from hf_gnft.attack import DataArguments
+from hf_gnft.cli import parse_recipe_args
 from hf_gnft.defense import CleanDataArguments, DefenseConfig, SuspectModelArguments, run_defense
 
 
-def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((DataArguments, CleanDataArguments, SuspectModelArguments, DefenseConfig))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+def parse_args(argv: list[str] | None = None) -> tuple:
+    return parse_recipe_args((DataArguments, CleanDataArguments, SuspectModelArguments, DefenseConfig), argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

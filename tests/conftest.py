@@ -54,3 +54,24 @@ def sine_dataset(num_rows: int = 40, seconds: float = 1.0, seed: int = 0):
 @pytest.fixture
 def sines():
     return sine_dataset()
+
+
+def tiny_float64_model(
+    *, dropout: bool = False, spec_augment: bool = False, layerdrop: float = 0.0, seed: int = 0
+):
+    """The tiny Wav2Vec2 in float64, by default with every source of randomness off (for exact comparisons)."""
+    from hf_gnft.models import build_model
+
+    torch.manual_seed(seed)
+    model, extractor = build_model("tiny-wav2vec2", LABELS)
+    model.double()
+    model.config.mask_time_prob = 0.5 if spec_augment else 0.0
+    model.config.mask_time_length = 2
+    model.config.layerdrop = layerdrop
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "dropout", None), float):  # attention dropout is a functional call
+                module.dropout = 0.0
+    return model, extractor

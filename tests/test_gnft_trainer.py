@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, sine_dataset
+from conftest import LABELS, sine_dataset, tiny_float64_model
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback, TrainingArguments
 
@@ -14,21 +14,7 @@ from hf_gnft.gnft_trainer import GNFTTrainer
 from hf_gnft.models import build_model
 from hf_gnft.training import AudioClassificationCollator, AudioClassificationTrainer
 
-
-def tiny_model(*, dropout: bool = False, spec_augment: bool = False, layerdrop: float = 0.0, seed: int = 0):
-    torch.manual_seed(seed)
-    model, extractor = build_model("tiny-wav2vec2", LABELS)
-    model.double()
-    model.config.mask_time_prob = 0.5 if spec_augment else 0.0
-    model.config.mask_time_length = 2
-    model.config.layerdrop = layerdrop
-    if not dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-            if isinstance(getattr(module, "dropout", None), float):
-                module.dropout = 0.0
-    return model, extractor
+tiny_model = tiny_float64_model
 
 
 class Float64Collator(AudioClassificationCollator):

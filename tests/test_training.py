@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, sine_dataset
+from conftest import LABELS, sine_dataset, tiny_float64_model
 from transformers import Trainer
 
 from hf_gnft.audio import AudioError
@@ -13,21 +13,9 @@ from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.training import AudioClassificationCollator, AudioClassificationTrainer, predict_labels
 
 
-def deterministic_tiny(model_name: str = "tiny-wav2vec2"):
-    model, extractor = build_model(model_name, LABELS)
-    model.double()  # float64: the comparisons below are not blurred by float32 summation order
-    model.config.mask_time_prob = 0.0  # no SpecAugment: the two runs must see the same computation
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "dropout", None), float):  # attention dropout is a functional call
-            module.dropout = 0.0
-    return model, extractor
-
-
 def one_step(trainer_class, batch_size: int, accumulation: int, tmp_path, dataset):
     torch.manual_seed(0)
-    model, extractor = deterministic_tiny()
+    model, extractor = tiny_float64_model()
     args = KeywordTrainingArguments(
         output_dir=str(tmp_path / f"{trainer_class.__name__}-{batch_size}-{accumulation}"),
         per_device_train_batch_size=batch_size,
@@ -67,7 +55,7 @@ def test_tiny_models_build_from_packaged_configs(model_name):
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     dataset = sine_dataset(num_rows=8, seconds=0.5)
     torch.manual_seed(0)
-    start = torch.cat([p.detach().flatten() for p in deterministic_tiny()[0].parameters()])
+    start = torch.cat([p.detach().flatten() for p in tiny_float64_model()[0].parameters()])
     trainer = AudioClassificationTrainer
     big = one_step(trainer, batch_size=8, accumulation=1, tmp_path=tmp_path, dataset=dataset)
     accumulated = one_step(trainer, batch_size=2, accumulation=4, tmp_path=tmp_path, dataset=dataset)
@@ -78,7 +66,7 @@ def test_stock_trainer_overscales_accumulated_gradients(tmp_path):
     """The pitfall AudioClassificationTrainer fixes is real: the stock Trainer moves the weights further."""
     dataset = sine_dataset(num_rows=8, seconds=0.5)
     torch.manual_seed(0)
-    start = torch.cat([p.detach().flatten() for p in deterministic_tiny()[0].parameters()])
+    start = torch.cat([p.detach().flatten() for p in tiny_float64_model()[0].parameters()])
     big = one_step(Trainer, batch_size=8, accumulation=1, tmp_path=tmp_path, dataset=dataset)
     accumulated = one_step(Trainer, batch_size=2, accumulation=4, tmp_path=tmp_path, dataset=dataset)
     ratio = (accumulated - start).norm() / (big - start).norm()
