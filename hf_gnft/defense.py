@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .audio import AudioError
 from .gnft_config import GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .metrics import BackdoorMetrics
+from .models import require_safetensors
 from .outputs import save_shareable_model, staged_output_dir
 from .poison import AttackSpec, make_triggered_eval_set
 from .training import AudioClassificationCollator, evaluate_backdoor
@@ -152,11 +152,7 @@ def load_suspect_model(
     model: str, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, Any]:
     """Load an untrusted audio classifier: safetensors weights only, no remote code unless asked for."""
-    if os.path.isdir(model) and not any(Path(model).glob("*.safetensors")):
-        raise ValueError(
-            f"{model} holds no safetensors weights; hf-gnft does not unpickle untrusted checkpoints "
-            "(convert it with `model.save_pretrained(path, safe_serialization=True)` in a sandbox)"
-        )
+    require_safetensors(model)
     network = AutoModelForAudioClassification.from_pretrained(
         model, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
     )

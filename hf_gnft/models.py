@@ -34,6 +34,15 @@ def load_model_config(name_or_path: str) -> dict:
         return json.load(handle)
 
 
+def require_safetensors(model: str) -> None:
+    """Refuse a local checkpoint folder that holds no safetensors weights (only pickles, which hf-gnft never loads)."""
+    if os.path.isdir(model) and not any(Path(model).glob("*.safetensors")):
+        raise ValueError(
+            f"{model} holds no safetensors weights; hf-gnft does not unpickle untrusted checkpoints "
+            "(convert it with `model.save_pretrained(path, safe_serialization=True)` in a sandbox)"
+        )
+
+
 def _label_maps(label_names: list[str]) -> dict:
     return {
         "num_labels": len(label_names),
@@ -77,8 +86,7 @@ def build_model(
             return_attention_mask=False,
         )
         return network, extractor
-    if os.path.isdir(model) and not any(Path(model).glob("*.safetensors")):
-        raise ValueError(f"{model} holds no safetensors weights; hf-gnft does not unpickle checkpoints")
+    require_safetensors(model)
     network = AutoModelForAudioClassification.from_pretrained(
         model,
         revision=revision,
