@@ -43,8 +43,14 @@ bench: $(STAMP)
 bench-gnft: $(STAMP)
 	$(PY) benchmarks/bench_gnft.py
 
-sweep-gnft: $(STAMP)
-	$(PY) benchmarks/sweep_gnft.py
+sweep-gnft: $(STAMP)  # the three stages behind the README's sweep, resumable; about 3 hours on 2 cores
+	$(PY) benchmarks/sweep_gnft.py --defenses FT "FT 2x epochs" "GN-FT global" "GN-FT per-tensor"
+	$(PY) benchmarks/sweep_gnft.py --seeds 0 --learning_rates 0.1 --defenses "GN-FT global r=0.2" \
+		"GN-FT global r=0.5" "GN-FT global r=0.2 alpha=1" "GN-FT global r=0.2 warm-up" "GN-FT global 10 epochs"
+	$(PY) benchmarks/sweep_gnft.py --seeds 0 --defenses "FT AdamW" "GN-FT AdamW global" "GN-FT AdamW global r=0.2"
+	$(PY) benchmarks/sweep_gnft.py --defenses "GN-FT global r=0.2 warm-up"
+	$(PY) benchmarks/sweep_gnft.py --learning_rates 0.003 --defenses "FT AdamW" "GN-FT AdamW global r=0.2" \
+		"FT AdamW 2x epochs"
 
 attack-table: $(STAMP)
 	$(PY) benchmarks/attack_table.py

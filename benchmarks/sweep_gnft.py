@@ -3,11 +3,14 @@
 For each backdoored model (trained here with the default attack recipe when missing: tiny Wav2Vec2 and
 HuBERT × noise-burst and tone triggers), each defense setting and each seed, `run_defense` fine-tunes on
 a 5% clean subset of the training split and records CA / ASR / RA / DER and the clean validation
-accuracy. Settings: plain FT, a compute-matched FT (twice the epochs, about GN-FT's wall time), GN-FT
-with global and per-tensor normalisation; each at several learning rates (SGD, momentum 0.9).
+accuracy. Settings (`DEFENSES`): plain FT, a compute-matched FT (twice the epochs, about GN-FT's wall time),
+GN-FT with global and per-tensor normalisation, larger radius, α = 1, a penalty warm-up, fewer epochs, and
+AdamW instead of SGD (momentum 0.9); each at its optimiser's learning-rate grid. `make sweep-gnft` runs the
+stages behind the README (3 seeds; one-seed screens of the variants; the promising ones with 3 seeds).
 
-The defender's choice uses clean validation data only: per model and defense, the largest learning rate
-whose mean validation accuracy drops by at most 2 points. Writes `benchmarks/results/sweep_gnft.jsonl`
+The defender's choice uses clean validation data only (`hf_gnft.choose_learning_rate`): per model and
+defense, the largest learning rate whose mean validation accuracy drops by at most 2 points. Writes
+`benchmarks/results/sweep_gnft.jsonl`
 (resumable: finished cells are not redone), `benchmarks/sweep_gnft.md` and `benchmarks/sweep_gnft.png`
 (CA vs ASR over the whole sweep).
 """
@@ -23,18 +26,41 @@ from pathlib import Path
 import torch
 
 from hf_gnft.attack import METRICS_FILE, AttackArguments, DataArguments, ModelArguments, run_attack
-from hf_gnft.defense import CleanDataArguments, DefenseConfig, SuspectModelArguments, run_defense
+from hf_gnft.defense import (
+    CleanDataArguments,
+    DefenseConfig,
+    SuspectModelArguments,
+    choose_learning_rate,
+    run_defense,
+    validation_drop,
+)
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import NoiseBurst, Tone
 
 HERE = Path(__file__).resolve().parent
 TRIGGERS = {"noise_burst": NoiseBurst().to_dict(), "tone": Tone().to_dict()}
-DEFENSES = {  # name -> DefenseConfig overrides
-    "FT": {"gn_alpha": 0.0},
-    "FT 2x epochs": {"gn_alpha": 0.0, "num_train_epochs": 40.0},
-    "GN-FT global": {"gn_alpha": 0.7, "gn_radius": 0.05, "gn_norm": "global"},
-    "GN-FT per-tensor": {"gn_alpha": 0.7, "gn_radius": 0.05, "gn_norm": "per_tensor"},
+SGD_LRS = (0.05, 0.1)
+ADAMW_LRS = (0.003, 0.006)
+ADAMW = {"optim": "adamw_torch", "optim_args": None, "weight_decay": 0.01}
+# name -> (DefenseConfig overrides, learning-rate grid). "FT 2x epochs" is the compute-matched control: GN-FT
+# does two passes per step, so twice the epochs of FT take about its wall time (see `train s`).
+DEFENSES: dict[str, tuple[dict, tuple[float, ...]]] = {
+    "FT": ({"gn_alpha": 0.0}, SGD_LRS),
+    "FT 2x epochs": ({"gn_alpha": 0.0, "num_train_epochs": 40.0}, SGD_LRS),
+    "GN-FT global": ({"gn_alpha": 0.7, "gn_radius": 0.05, "gn_norm": "global"}, SGD_LRS),
+    "GN-FT per-tensor": ({"gn_alpha": 0.7, "gn_radius": 0.05, "gn_norm": "per_tensor"}, SGD_LRS),
+    # the second sweep: radius, α, penalty warm-up, epochs, and AdamW instead of SGD
+    "GN-FT global r=0.2": ({"gn_radius": 0.2}, SGD_LRS),
+    "GN-FT global r=0.5": ({"gn_radius": 0.5}, SGD_LRS),
+    "GN-FT global r=0.2 alpha=1": ({"gn_radius": 0.2, "gn_alpha": 1.0}, SGD_LRS),
+    "GN-FT global r=0.2 warm-up": ({"gn_radius": 0.2, "gn_warmup_steps": 0.25}, SGD_LRS),
+    "GN-FT global 10 epochs": ({"num_train_epochs": 10.0}, SGD_LRS),
+    "FT AdamW": ({"gn_alpha": 0.0, **ADAMW}, ADAMW_LRS),
+    "FT AdamW 2x epochs": ({"gn_alpha": 0.0, "num_train_epochs": 40.0, **ADAMW}, ADAMW_LRS),
+    "GN-FT AdamW global": (dict(ADAMW), ADAMW_LRS),
+    "GN-FT AdamW global r=0.2": ({"gn_radius": 0.2, **ADAMW}, ADAMW_LRS),
 }
+FIRST_SWEEP = ["FT", "FT 2x epochs", "GN-FT global", "GN-FT per-tensor"]
 
 
 def suspect(output_dir: Path, model: str, trigger: str) -> Path:
@@ -62,7 +88,7 @@ def run_cell(output_dir: Path, model_dir: Path, defense: str, lr: float, seed: i
             learning_rate=lr,
             seed=seed,
             disable_tqdm=True,
-            **DEFENSES[defense],
+            **DEFENSES[defense][0],
         ),
     )
     record = result.record
@@ -87,6 +113,19 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def choose(groups: dict[tuple, list[dict]], min_runs: int = 1) -> dict[tuple, tuple[float, list[dict]]]:
+    """(suspect, defense) -> (lr, runs) chosen by `choose_learning_rate` (clean validation accuracy only)."""
+    drops: dict[tuple, dict[float, list[float]]] = {}
+    for (name, defense, lr), cell in groups.items():
+        drops.setdefault((name, defense), {})[lr] = [validation_drop(r) for r in cell]
+    chosen = {}
+    for key, by_lr in drops.items():
+        lr = choose_learning_rate(by_lr, max_drop=0.02, min_runs=min_runs)
+        if lr is not None:
+            chosen[key] = (lr, groups[(*key, lr)])
+    return chosen
+
+
 def summarise(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -95,13 +134,9 @@ def summarise(rows: list[dict]) -> str:
         "| suspect | defense | lr | seeds | val. acc. drop pp | CA % | ASR % | RA % | DER | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    chosen: dict[tuple, tuple] = {}
+    chosen = choose(groups)
     for (name, defense, lr), cell in sorted(groups.items()):
-        drop = statistics.mean(
-            r["validation_accuracy"]["before"] - r["validation_accuracy"]["after"] for r in cell
-        )
-        if drop <= 0.02 and lr >= chosen.get((name, defense), (0.0,))[0]:
-            chosen[(name, defense)] = (lr, cell)
+        drop = statistics.mean(validation_drop(r) for r in cell)
         lines.append(
             f"| {name} | {defense} | {lr} | {len(cell)} | {100 * drop:.1f} "
             f"| {mean_std([r['after']['clean_accuracy'] for r in cell])} "
@@ -123,38 +158,98 @@ def summarise(rows: list[dict]) -> str:
             f"| {mean_std([r['after']['attack_success_rate'] for r in cell])} "
             f"| {statistics.mean(r['der'] for r in cell):.3f} |"
         )
+    return "\n".join(lines + ["", head_to_head(groups, choose(groups, min_runs=3))])
+
+
+def head_to_head(groups: dict[tuple, list[dict]], chosen: dict[tuple, tuple]) -> str:
+    """Defenses (rows) × suspects (columns) at the lr chosen among those run with at least 3 seeds: test
+    CA / ASR %, seed means. "—": no such lr kept the validation drop within 2 points."""
+    suspects = sorted({name for name, _, _ in groups})
+    defenses = [d for d in DEFENSES if any(key[1] == d and len(cell) >= 3 for key, cell in groups.items())]
+    lines = [
+        "Head to head at the chosen lr (test CA / ASR %, mean of 3 seeds; lr in brackets):",
+        "",
+        "| defense | " + " | ".join(suspects) + " |",
+        "|---|" + "---|" * len(suspects),
+    ]
+    befores = [next(c[0]["before"] for k, c in groups.items() if k[0] == name) for name in suspects]
+    pct = lambda value: f"{100 * value:.1f}"  # noqa: E731
+    lines.append(
+        "| backdoored | "
+        + " | ".join(f"{pct(b['clean_accuracy'])} / {pct(b['attack_success_rate'])}" for b in befores)
+        + " |"
+    )
+    for defense in defenses:
+        cells = []
+        for name in suspects:
+            if (name, defense) not in chosen:
+                cells.append("—")
+                continue
+            lr, runs = chosen[(name, defense)]
+            ca = statistics.mean(r["after"]["clean_accuracy"] for r in runs)
+            asr = statistics.mean(r["after"]["attack_success_rate"] for r in runs)
+            cells.append(f"{pct(ca)} / {pct(asr)} ({lr})")
+        lines.append(f"| {defense} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """CA vs ASR: one panel per suspect and optimiser; per defense, the seed mean at each learning rate
+    (joined by a line in lr order, error bars = std over seeds) and each run as a faint dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     suspects = sorted({row["suspect"] for row in rows})
-    figure, axes = plt.subplots(1, len(suspects), figsize=(5 * len(suspects), 4.2), squeeze=False)
-    markers = dict(zip(DEFENSES, "os^v", strict=False))
-    for axis, name in zip(axes[0], suspects, strict=True):
-        subset = [row for row in rows if row["suspect"] == name]
-        before = subset[0]["before"]
-        axis.scatter([100 * before["attack_success_rate"]], [100 * before["clean_accuracy"]], c="k", marker="*", s=120,
-                     label="backdoored")  # fmt: skip
-        for defense in DEFENSES:
-            points = [row for row in subset if row["defense"] == defense]
-            if points:
-                axis.scatter(
-                    [100 * r["after"]["attack_success_rate"] for r in points],
-                    [100 * r["after"]["clean_accuracy"] for r in points],
-                    marker=markers[defense], alpha=0.7, label=defense,
-                )  # fmt: skip
-        axis.set_title(name)
-        axis.set_xlabel("ASR % (lower is better)")
-        axis.set_ylabel("CA % (higher is better)")
-        axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    optimisers = sorted({row["optim"]["optim"] for row in rows}, key=lambda name: name != "sgd")
+    figure, axes = plt.subplots(
+        len(optimisers), len(suspects), figsize=(4.6 * len(suspects), 4.2 * len(optimisers)), squeeze=False
+    )
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(DEFENSES)}
+    markers = {name: "os^vDP*Xhp<>d"[i % 13] for i, name in enumerate(DEFENSES)}
+    for axes_row, optimiser in zip(axes, optimisers, strict=True):
+        for axis, name in zip(axes_row, suspects, strict=True):
+            subset = [r for r in rows if r["suspect"] == name and r["optim"]["optim"] == optimiser]
+            if not subset:
+                axis.set_visible(False)
+                continue
+            before = subset[0]["before"]
+            axis.scatter([100 * before["attack_success_rate"]], [100 * before["clean_accuracy"]], c="k",
+                         marker="*", s=140, label="backdoored", zorder=3)  # fmt: skip
+            for defense in DEFENSES:
+                runs = [r for r in subset if r["defense"] == defense]
+                if not runs:
+                    continue
+                asr = [100 * r["after"]["attack_success_rate"] for r in runs]
+                ca = [100 * r["after"]["clean_accuracy"] for r in runs]
+                axis.scatter(asr, ca, color=colours[defense], marker=markers[defense], alpha=0.2, s=14)
+                lrs = sorted({r["learning_rate"] for r in runs})
+                by_lr = [[r for r in runs if r["learning_rate"] == lr] for lr in lrs]
+                mean_asr = [
+                    statistics.mean(100 * r["after"]["attack_success_rate"] for r in c) for c in by_lr
+                ]
+                mean_ca = [statistics.mean(100 * r["after"]["clean_accuracy"] for r in c) for c in by_lr]
+                std = [
+                    statistics.stdev([100 * r["after"]["attack_success_rate"] for r in c])
+                    if len(c) > 1
+                    else 0.0
+                    for c in by_lr
+                ]
+                axis.errorbar(mean_asr, mean_ca, xerr=std, color=colours[defense], marker=markers[defense],
+                              markersize=6, linewidth=1.2, capsize=2, label=defense)  # fmt: skip
+            axis.axvline(10, color="grey", linestyle=":", linewidth=1)
+            axis.axhline(100 * before["clean_accuracy"] - 2, color="grey", linestyle=":", linewidth=1)
+            axis.set_title(f"{name} ({optimiser})", fontsize=10)
+            axis.set_xlabel("ASR % (lower is better)")
+            axis.set_ylabel("CA % (higher is better)")
+            axis.set_xlim(-2, 100)
+            axis.grid(alpha=0.3)
+        axes_row[0].legend(fontsize=7, loc="lower left")
+    figure.suptitle("GN-FT vs FT: seed means per learning rate (lines join lrs); dotted: target ASR 10%, CA − 2 pp",
+                    fontsize=10)  # fmt: skip
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -162,8 +257,11 @@ def main() -> None:
     parser.add_argument("--output_dir", default="outputs/sweep_gnft")
     parser.add_argument("--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert"])
     parser.add_argument("--triggers", nargs="+", default=list(TRIGGERS))
-    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
-    parser.add_argument("--learning_rates", nargs="+", type=float, default=[0.05, 0.1])
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=list(DEFENSES))
+    parser.add_argument(
+        "--learning_rates", nargs="+", type=float, default=None,
+        help="Override every defense's learning-rate grid (SGD 0.05 0.1, AdamW 0.003 0.006).",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--results", default=str(HERE / "results" / "sweep_gnft.jsonl"))
     args = parser.parse_args()
@@ -176,8 +274,8 @@ def main() -> None:
     for model in args.models:
         for trigger in args.triggers:
             model_dir = suspect(output_dir, model, trigger)
-            for lr in args.learning_rates:
-                for defense in args.defenses:
+            for defense in args.defenses:
+                for lr in args.learning_rates or DEFENSES[defense][1]:
                     for seed in args.seeds:
                         if (model_dir.name, defense, lr, seed) in done:
                             continue

@@ -17,9 +17,13 @@ from .defense import (
     CleanDataError,
     DefenseConfig,
     DefenseResult,
+    LearningRateSearchArguments,
     SuspectModelArguments,
+    choose_learning_rate,
     load_suspect_model,
     run_defense,
+    search_learning_rate,
+    validation_drop,
 )
 from .gnft_config import GNFTConfig
 from .gnft_trainer import GNFTTrainer
@@ -59,6 +63,10 @@ from .triggers import (
 from .version import __version__
 
 __all__ = [
+    "LearningRateSearchArguments",
+    "search_learning_rate",
+    "choose_learning_rate",
+    "validation_drop",
     "CleanDataArguments",
     "CleanDataError",
     "DefenseConfig",

@@ -8,8 +8,10 @@ attack success rate before and after; it never influences training.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,7 +123,10 @@ class DefenseConfig(GNFTConfig):
     """`GNFTConfig` with defaults for cleaning a small keyword model on a small clean set.
 
     The authors' optimizer: SGD with momentum 0.9 and weight decay 5e-5 (TSBD), cosine schedule;
-    20 epochs of batches of 32. Set `gn_alpha=0` for plain fine-tuning with the same budget.
+    20 epochs of batches of 32, learning rate 0.01. Set `gn_alpha=0` for plain fine-tuning with the same
+    budget. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
+    models and recommends choosing the learning rate from clean validation accuracy with
+    [`search_learning_rate`] (e.g. over 0.05 and 0.1); the defaults stay the authors'.
     """
 
     output_dir: str | None = field(default=None, metadata={"help": "Where the cleaned model is written."})
@@ -146,6 +151,33 @@ class DefenseResult:
     before: BackdoorMetrics
     after: BackdoorMetrics
     record: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_drop(record: dict[str, Any]) -> float:
+    """Clean validation accuracy before minus after, from a `defense_metrics.json` record."""
+    accuracy = record["validation_accuracy"]
+    if accuracy["before"] is None or accuracy["after"] is None:
+        raise CleanDataError("the defense ran without a validation split: no validation accuracy to compare")
+    return accuracy["before"] - accuracy["after"]
+
+
+def choose_learning_rate(
+    drops: dict[float, list[float]], max_drop: float = 0.02, min_runs: int = 1
+) -> float | None:
+    """The defender's choice, from clean validation data only: the largest learning rate whose mean
+    validation-accuracy drop (over its runs, e.g. seeds) is at most `max_drop`; `None` if none is.
+
+    Args:
+        drops: learning rate -> the validation drops (fractions) of its runs, as `validation_drop` gives.
+        max_drop: the largest acceptable mean drop (0.02 = 2 points).
+        min_runs: learning rates with fewer runs are not considered.
+    """
+    allowed = [
+        lr
+        for lr, runs in drops.items()
+        if len(runs) >= max(min_runs, 1) and sum(runs) / len(runs) <= max_drop
+    ]
+    return max(allowed) if allowed else None
 
 
 def load_suspect_model(
@@ -288,3 +320,95 @@ def run_defense(
         else "",
     )
     return DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
+
+
+LEARNING_RATE_SEARCH_FILE = "learning_rate_search.json"
+
+
+@dataclass
+class LearningRateSearchArguments:
+    """Choose the defense's learning rate from clean validation accuracy only (no trigger, no test set).
+
+    The learning rate moves ASR more than any penalty setting (see the README's sweep), and the defender
+    cannot measure ASR. With a grid, one defense runs per candidate and the largest learning rate whose clean
+    validation accuracy drops by at most `max_validation_drop` is kept.
+
+    Args:
+        learning_rate_grid: candidate learning rates (`--learning_rate` is then ignored). Unset: one run.
+        max_validation_drop: the largest acceptable drop of clean validation accuracy (0.02 = 2 points).
+        keep_candidates: keep every candidate's model and metrics in `OUTPUT_DIR.lr-candidates/` (by default
+            they are removed once the chosen one is published; they are always kept when none qualifies).
+    """
+
+    learning_rate_grid: list[float] | None = field(
+        default=None, metadata={"help": "Candidate learning rates, chosen by clean validation accuracy."}
+    )
+    max_validation_drop: float = field(
+        default=0.02, metadata={"help": "Largest acceptable drop of clean validation accuracy."}
+    )
+    keep_candidates: bool = False
+
+    def __post_init__(self) -> None:
+        if self.learning_rate_grid is not None:
+            if not self.learning_rate_grid or not all(lr > 0 for lr in self.learning_rate_grid):
+                raise ValueError(
+                    f"learning_rate_grid must hold positive values, got {self.learning_rate_grid}"
+                )
+        if not 0 <= self.max_validation_drop <= 1:
+            raise ValueError(f"max_validation_drop must be in [0, 1], got {self.max_validation_drop}")
+
+
+def search_learning_rate(
+    data_args: DataArguments,
+    clean_args: CleanDataArguments,
+    model_args: SuspectModelArguments,
+    config: GNFTConfig,
+    search: LearningRateSearchArguments,
+) -> DefenseResult:
+    """Run the defense once per learning rate of `search.learning_rate_grid`, keep the largest one whose clean
+    validation accuracy drops by at most `search.max_validation_drop`, and publish it to `config.output_dir`
+    (with `learning_rate_search.json`: every candidate's validation drop). ASR plays no part in the choice.
+
+    Raises `CleanDataError` when there is no validation split, or when no candidate qualifies (the candidates
+    are then left in `OUTPUT_DIR.lr-candidates/` for inspection; nothing is written to `output_dir`).
+    """
+    if not clean_args.validation_split:
+        raise CleanDataError("a learning-rate search needs a clean validation split (--validation_split)")
+    output_dir = Path(config.output_dir)
+    candidates_dir = output_dir.parent / f"{output_dir.name}.lr-candidates"
+    grid = sorted(set(search.learning_rate_grid))
+    results: dict[float, DefenseResult] = {}
+    for lr in grid:
+        candidate = copy.deepcopy(config)
+        candidate.output_dir = str(candidates_dir / f"lr-{lr:g}")
+        candidate.learning_rate = lr
+        logger.info("Learning-rate search: running the defense with lr %g", lr)
+        results[lr] = run_defense(data_args, clean_args, model_args, candidate)
+    drops = {lr: validation_drop(result.record) for lr, result in results.items()}
+    chosen = choose_learning_rate({lr: [drop] for lr, drop in drops.items()}, search.max_validation_drop)
+    summary = {
+        "grid": grid,
+        "max_validation_drop": search.max_validation_drop,
+        "validation_drop": {f"{lr:g}": drop for lr, drop in drops.items()},
+        "chosen_learning_rate": chosen,
+    }
+    main_process = config.process_index == 0
+    if main_process:
+        (candidates_dir / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
+    if chosen is None:
+        raise CleanDataError(
+            f"no learning rate in {grid} kept the clean validation accuracy within {search.max_validation_drop:.3f} "
+            f"(drops: {summary['validation_drop']}); the candidates are in {candidates_dir}"
+        )
+    logger.info("Learning-rate search: chose lr %g (validation drops %s)", chosen, summary["validation_drop"])
+    with staged_output_dir(output_dir) as staged:
+        staged.publish = main_process
+        if main_process:
+            shutil.copytree(candidates_dir / f"lr-{chosen:g}", staged.path, dirs_exist_ok=True)
+            (staged.path / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
+    if main_process and not search.keep_candidates:
+        shutil.rmtree(candidates_dir, ignore_errors=True)
+    result = results[chosen]
+    result.output_dir = str(output_dir)
+    result.record["learning_rate_search"] = summary
+    return result

@@ -11,7 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import attack as attack_recipe  # noqa: E402
 import defend as defend_recipe  # noqa: E402
 
-from hf_gnft.defense import CleanDataArguments, CleanDataError  # noqa: E402
+from hf_gnft.defense import (  # noqa: E402
+    CleanDataArguments,
+    CleanDataError,
+    choose_learning_rate,
+    validation_drop,
+)
 
 DATA = ["--synthetic_train_size", "160", "--synthetic_validation_size", "0", "--synthetic_test_size", "40"]
 FAST = ["--disable_tqdm", "true", "--per_device_train_batch_size", "8"]
@@ -141,3 +146,160 @@ def test_clean_subset_is_seeded_and_sized(tiny_corpus):
     again = CleanDataArguments(clean_fraction=0.1, clean_seed=1).select(tiny_corpus["train"])
     other = CleanDataArguments(clean_fraction=0.1, clean_seed=2).select(tiny_corpus["train"])
     assert len(first) == 12 and first["clip_id"] == again["clip_id"] != other["clip_id"]
+
+
+def test_choose_learning_rate_takes_the_largest_within_the_mean_validation_drop():
+    drops = {0.01: [0.0, 0.005], 0.05: [0.01, 0.03], 0.1: [0.05, 0.0], 0.2: [0.2]}
+    assert choose_learning_rate(drops) == 0.05  # 0.1 averages 2.5 points
+    assert choose_learning_rate(drops, max_drop=0.025) == 0.1
+    assert choose_learning_rate(drops, max_drop=0.001) is None
+    assert choose_learning_rate({0.05: [0.0], 0.01: [0.0, 0.0, 0.0]}, min_runs=3) == 0.01
+
+
+def test_validation_drop_needs_a_validation_split():
+    assert validation_drop({"validation_accuracy": {"before": 0.95, "after": 0.9}}) == pytest.approx(0.05)
+    with pytest.raises(CleanDataError, match="validation split"):
+        validation_drop({"validation_accuracy": {"before": None, "after": None}})
+
+
+DATA_WITH_VALIDATION = [
+    "--synthetic_train_size", "160", "--synthetic_validation_size", "40", "--synthetic_test_size", "40",
+]  # fmt: skip
+
+
+def test_learning_rate_search_keeps_the_largest_lr_within_the_validation_drop(tmp_path, suspect):
+    out = tmp_path / "searched"
+    args = ["--model", str(suspect), "--output_dir", str(out), "--clean_count", "16", "--max_steps", "2",
+            *DATA_WITH_VALIDATION, *FAST, "--learning_rate_grid", "1e-6", "50", "--max_validation_drop", "0.02"]  # fmt: skip
+    try:
+        record = defend_recipe.main(args)
+    except CleanDataError as err:  # lr 50 wrecks the model, and lr 1e-6 may still move a tied prediction
+        pytest.fail(f"lr 1e-6 should qualify: {err}")
+    search = json.loads((out / "learning_rate_search.json").read_text())
+    assert search["grid"] == [1e-6, 50.0]
+    assert search["chosen_learning_rate"] == record["optim"]["learning_rate"]
+    drops = search["validation_drop"]
+    if drops["50"] <= 0.02:
+        assert search["chosen_learning_rate"] == 50.0
+    else:
+        assert search["chosen_learning_rate"] == 1e-6
+    saved = json.loads((out / "defense_metrics.json").read_text())
+    assert saved["optim"]["learning_rate"] == search["chosen_learning_rate"]
+    assert not (tmp_path / "searched.lr-candidates").exists()  # removed once the choice is published
+
+
+@pytest.fixture
+def fake_defense(monkeypatch):
+    """`run_defense` replaced by one that writes a marker file and reports a validation drop set per lr."""
+    import hf_gnft.defense as defense
+
+    drops: dict[float, float] = {}
+
+    def run(data_args, clean_args, model_args, config):
+        out = Path(config.output_dir)
+        out.mkdir(parents=True)
+        (out / "which.txt").write_text(str(config.learning_rate))
+        record = {"validation_accuracy": {"before": 0.9, "after": 0.9 - drops[config.learning_rate]},
+                  "optim": {"learning_rate": config.learning_rate}}  # fmt: skip
+        return defense.DefenseResult(str(out), None, None, record)
+
+    monkeypatch.setattr(defense, "run_defense", run)
+    return drops
+
+
+def _search(tmp_path, grid, max_drop=0.02, keep=False):
+    from hf_gnft.attack import DataArguments
+    from hf_gnft.defense import (
+        DefenseConfig,
+        LearningRateSearchArguments,
+        SuspectModelArguments,
+        search_learning_rate,
+    )
+
+    return search_learning_rate(
+        DataArguments(),
+        CleanDataArguments(),
+        SuspectModelArguments(model="unused"),
+        DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none"),
+        LearningRateSearchArguments(
+            learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep
+        ),
+    )
+
+
+def test_learning_rate_search_publishes_the_chosen_candidate(tmp_path, fake_defense):
+    fake_defense.update({0.01: 0.0, 0.1: 0.015, 1.0: 0.3})
+    result = _search(tmp_path, [1.0, 0.1, 0.01])
+    out = tmp_path / "cleaned"
+    assert result.output_dir == str(out) and (out / "which.txt").read_text() == "0.1"
+    search = json.loads((out / "learning_rate_search.json").read_text())
+    assert search["chosen_learning_rate"] == 0.1 and search["grid"] == [0.01, 0.1, 1.0]
+    assert search["validation_drop"] == {"0.01": 0.0, "0.1": pytest.approx(0.015), "1": pytest.approx(0.3)}
+    assert not (tmp_path / "cleaned.lr-candidates").exists()
+
+
+def test_learning_rate_search_can_keep_the_candidates(tmp_path, fake_defense):
+    fake_defense.update({0.01: 0.0, 0.1: 0.0})
+    _search(tmp_path, [0.01, 0.1], keep=True)
+    kept = tmp_path / "cleaned.lr-candidates"
+    assert {p.name for p in kept.iterdir()} == {"lr-0.01", "lr-0.1", "learning_rate_search.json"}
+
+
+def test_learning_rate_search_with_no_qualifying_lr_publishes_nothing_and_keeps_the_candidates(
+    tmp_path, fake_defense
+):
+    fake_defense.update({0.05: 0.03, 0.1: 0.2})
+    (tmp_path / "cleaned").mkdir()
+    (tmp_path / "cleaned" / "earlier.txt").write_text("an earlier result")
+    with pytest.raises(CleanDataError, match="no learning rate in \\[0.05, 0.1\\] kept"):
+        _search(tmp_path, [0.05, 0.1])
+    assert (tmp_path / "cleaned" / "earlier.txt").read_text() == "an earlier result"  # untouched
+    candidates = tmp_path / "cleaned.lr-candidates"
+    assert {p.name for p in candidates.iterdir()} == {"lr-0.05", "lr-0.1", "learning_rate_search.json"}
+    assert json.loads((candidates / "learning_rate_search.json").read_text())["chosen_learning_rate"] is None
+
+
+def test_learning_rate_search_needs_a_validation_split(tmp_path, suspect):
+    with pytest.raises(CleanDataError, match="validation split"):
+        defend_recipe.main(["--model", str(suspect), "--output_dir", str(tmp_path / "x"), "--validation_split",
+                            "", "--learning_rate_grid", "0.1", *DATA, *FAST])  # fmt: skip
+
+
+def test_learning_rate_grid_must_be_positive():
+    from hf_gnft.defense import LearningRateSearchArguments
+
+    with pytest.raises(ValueError, match="positive"):
+        LearningRateSearchArguments(learning_rate_grid=[0.1, -1.0])
+
+
+def test_shipped_defend_config_parses_with_and_without_overrides():
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "defend-gnft.yaml"
+    _, clean, model, search, args = defend_recipe.parse_args([str(config)])
+    assert (args.gn_alpha, args.gn_radius, args.gn_norm, args.optim) == (0.7, 0.05, "global", "sgd")
+    assert search.learning_rate_grid == [0.05, 0.1] and clean.clean_fraction == 0.05
+    _, _, model, search, args = defend_recipe.parse_args(
+        ["--config", str(config), "--gn_alpha", "0", "--model", "elsewhere", "--learning_rate_grid", "0.2"]
+    )
+    assert args.gn_alpha == 0.0 and model.model == "elsewhere" and search.learning_rate_grid == [0.2]
+    assert args.num_train_epochs == 20 and args.weight_decay == 5e-5  # the rest still from the file
+
+
+def test_config_file_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("gn_alfa: 0.5\n")
+    with pytest.raises(ValueError, match="unknown arguments: gn_alfa"):
+        defend_recipe.parse_args(["--config", str(path)])
+    with pytest.raises(ValueError, match="gn_alfa"):
+        defend_recipe.parse_args([str(path)])
+
+
+def test_defend_runs_from_a_config_file_with_overrides(tmp_path, suspect):
+    path = tmp_path / "defend.yaml"
+    path.write_text(
+        f"model: {suspect}\noutput_dir: {tmp_path / 'from-yaml'}\nclean_count: 8\nmax_steps: 1\n"
+        "synthetic_train_size: 160\nsynthetic_validation_size: 0\nsynthetic_test_size: 40\n"
+        "per_device_train_batch_size: 8\ndisable_tqdm: true\ngn_radius: 0.1\n"
+    )
+    record = defend_recipe.main(["--config", str(path), "--gn_radius", "0.2"])
+    assert record["gn"]["gn_radius"] == 0.2 and record["clean_rows"] == 8
+    assert (tmp_path / "from-yaml" / "model.safetensors").is_file()
