@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft attack-table clean
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses attack-table clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ sweep-gnft: $(STAMP)  # the three stages behind the README's sweep, resumable; a
 	$(PY) benchmarks/sweep_gnft.py --defenses "GN-FT global r=0.2 warm-up"
 	$(PY) benchmarks/sweep_gnft.py --learning_rates 0.003 --defenses "FT AdamW" "GN-FT AdamW global r=0.2" \
 		"FT AdamW 2x epochs"
+
+bench-defenses: $(STAMP)  # the small defense grid, resumable
+	$(PY) recipes/benchmark.py benchmarks/grids/small.yaml
 
 attack-table: $(STAMP)
 	$(PY) benchmarks/attack_table.py

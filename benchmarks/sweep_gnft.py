@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from hf_gnft.attack import METRICS_FILE, AttackArguments, DataArguments, ModelArguments, run_attack
+from hf_gnft.benchmark import decorate_ca_asr_axis
 from hf_gnft.defense import (
     CleanDataArguments,
     DefenseConfig,
@@ -238,13 +239,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ]
                 axis.errorbar(mean_asr, mean_ca, xerr=std, color=colours[defense], marker=markers[defense],
                               markersize=6, linewidth=1.2, capsize=2, label=defense)  # fmt: skip
-            axis.axvline(10, color="grey", linestyle=":", linewidth=1)
-            axis.axhline(100 * before["clean_accuracy"] - 2, color="grey", linestyle=":", linewidth=1)
-            axis.set_title(f"{name} ({optimiser})", fontsize=10)
-            axis.set_xlabel("ASR % (lower is better)")
-            axis.set_ylabel("CA % (higher is better)")
-            axis.set_xlim(-2, 100)
-            axis.grid(alpha=0.3)
+            decorate_ca_asr_axis(axis, f"{name} ({optimiser})", before["clean_accuracy"], target_asr=10.0)
         axes_row[0].legend(fontsize=7, loc="lower left")
     figure.suptitle("GN-FT vs FT: seed means per learning rate (lines join lrs); dotted: target ASR 10%, CA − 2 pp",
                     fontsize=10)  # fmt: skip

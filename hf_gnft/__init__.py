@@ -2,6 +2,7 @@
 
 from .attack import AttackArguments, AttackResult, DataArguments, ModelArguments, run_attack
 from .audio import AudioError, audio_value, encode_wav, load_audio, resample, to_mono, validate_waveform
+from .benchmark import Benchmark, BenchmarkConfig
 from .data import (
     KEYWORDS,
     DatasetFormatError,
@@ -20,11 +21,13 @@ from .defense import (
     LearningRateSearchArguments,
     SuspectModelArguments,
     choose_learning_rate,
+    choose_strongest,
     load_suspect_model,
     run_defense,
     search_learning_rate,
     validation_drop,
 )
+from .defenses import DEFENSE_METHODS, DefenseOutcome, get_defense
 from .gnft_config import GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .metrics import (
@@ -63,6 +66,12 @@ from .triggers import (
 from .version import __version__
 
 __all__ = [
+    "Benchmark",
+    "BenchmarkConfig",
+    "DEFENSE_METHODS",
+    "DefenseOutcome",
+    "get_defense",
+    "choose_strongest",
     "LearningRateSearchArguments",
     "search_learning_rate",
     "choose_learning_rate",

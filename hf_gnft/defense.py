@@ -161,23 +161,38 @@ def validation_drop(record: dict[str, Any]) -> float:
     return accuracy["before"] - accuracy["after"]
 
 
+def choose_strongest(
+    drops: dict[float, list[float]],
+    max_drop: float = 0.02,
+    min_runs: int = 1,
+    larger_is_stronger: bool = True,
+) -> float | None:
+    """The defender's choice, from clean validation data only: the strongest setting (the largest value, or
+    the smallest when `larger_is_stronger` is False) whose mean validation-accuracy drop over its runs (e.g.
+    seeds) is at most `max_drop`; `None` if none is.
+
+    Args:
+        drops: setting -> the validation drops (fractions) of its runs, as `validation_drop` gives.
+        max_drop: the largest acceptable mean drop (0.02 = 2 points).
+        min_runs: settings with fewer runs are not considered.
+        larger_is_stronger: whether a larger value is the stronger defense (a learning rate, a pruning
+            threshold) or a smaller one (CLP's u).
+    """
+    allowed = [
+        value
+        for value, runs in drops.items()
+        if len(runs) >= max(min_runs, 1) and sum(runs) / len(runs) <= max_drop
+    ]
+    if not allowed:
+        return None
+    return max(allowed) if larger_is_stronger else min(allowed)
+
+
 def choose_learning_rate(
     drops: dict[float, list[float]], max_drop: float = 0.02, min_runs: int = 1
 ) -> float | None:
-    """The defender's choice, from clean validation data only: the largest learning rate whose mean
-    validation-accuracy drop (over its runs, e.g. seeds) is at most `max_drop`; `None` if none is.
-
-    Args:
-        drops: learning rate -> the validation drops (fractions) of its runs, as `validation_drop` gives.
-        max_drop: the largest acceptable mean drop (0.02 = 2 points).
-        min_runs: learning rates with fewer runs are not considered.
-    """
-    allowed = [
-        lr
-        for lr, runs in drops.items()
-        if len(runs) >= max(min_runs, 1) and sum(runs) / len(runs) <= max_drop
-    ]
-    return max(allowed) if allowed else None
+    """`choose_strongest` for learning rates: the largest whose mean validation drop is at most `max_drop`."""
+    return choose_strongest(drops, max_drop, min_runs, larger_is_stronger=True)
 
 
 def load_suspect_model(

@@ -43,6 +43,11 @@ class GNFTConfig(TrainingArguments):
             Optimizer steps over which α (hence λ) ramps linearly from 0 to `gn_alpha`; a value in (0, 1) is
             a fraction of the total steps. Gradient regularisation can hurt early in training (Zhao et al.,
             ICML 2024), so a warm-up of the penalty is offered.
+        gn_adaptive (`bool`, *optional*, defaults to `False`):
+            ASAM scaling of the step (Kwon et al., ICML 2021), as FT-SAM uses it: `e = r T² g / ‖T g‖` with
+            `T = |θ| + gn_adaptive_eta`, so each weight moves in proportion to its magnitude. "approx" mode only.
+        gn_adaptive_eta (`float`, *optional*, defaults to `0.01`):
+            η of the ASAM scaling (ASAM's default), which keeps zero weights movable.
         gn_parameters (`str` or `None`, *optional*, defaults to `None`):
             A regular expression over parameter names: only matching trainable parameters are perturbed and
             enter ‖∇θ CE‖ (e.g. `"encoder\\.layers\\.1\\."`). `None` covers every trainable parameter.
@@ -59,6 +64,10 @@ class GNFTConfig(TrainingArguments):
     gn_warmup_steps: float = field(
         default=0, metadata={"help": "Steps (or a fraction < 1 of all steps) over which α ramps up from 0."}
     )
+    gn_adaptive: bool = field(
+        default=False, metadata={"help": "ASAM scaling of the step by |θ| + η (FT-SAM)."}
+    )
+    gn_adaptive_eta: float = field(default=0.01, metadata={"help": "η of the ASAM scaling."})
     gn_parameters: str | None = field(
         default=None, metadata={"help": "Regex over parameter names covered by the penalty (default: all)."}
     )
@@ -75,6 +84,12 @@ class GNFTConfig(TrainingArguments):
             raise ValueError(f"unknown gn_mode {self.gn_mode!r}; use one of {GN_MODES}")
         if not isinstance(self.gn_warmup_steps, (int, float)) or not self.gn_warmup_steps >= 0:
             raise ValueError(f"gn_warmup_steps must be >= 0, got {self.gn_warmup_steps!r}")
+        if not isinstance(self.gn_adaptive_eta, (int, float)) or not self.gn_adaptive_eta >= 0:
+            raise ValueError(f"gn_adaptive_eta must be >= 0, got {self.gn_adaptive_eta!r}")
+        if self.gn_adaptive and self.gn_mode == "exact":
+            raise ValueError(
+                "gn_adaptive (ASAM scaling) has no exact double-backprop form: use gn_mode='approx'"
+            )
         if self.gn_parameters is not None:
             import re
 

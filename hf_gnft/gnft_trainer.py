@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 
 from .gnft_config import GNFTConfig
 from .perturbation import BatchNormSnapshot, ParameterSnapshot, RNGState, gradient_norm, perturb_
+from .trainer_args import as_config
 from .training import AudioClassificationTrainer
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,7 @@ class GNFTTrainer(AudioClassificationTrainer):
     _tag_names = ["hf-gnft", "gn-ft", "backdoor-defense"]
 
     def __init__(self, model=None, args: TrainingArguments | None = None, *pos, **kwargs) -> None:
-        if args is None:
-            args = GNFTConfig(output_dir="gnft-output")
-        elif not isinstance(args, GNFTConfig):
-            logger.info("GNFTTrainer got TrainingArguments: using GNFTConfig defaults for the penalty")
-            values = {key: value for key, value in args.to_dict().items() if not key.startswith("_")}
-            values["hub_token"] = args.hub_token  # to_dict() redacts it
-            args = GNFTConfig(**values)
+        args = as_config(args, GNFTConfig, "gnft-output")
         super().__init__(model, args, *pos, **kwargs)
         if self.is_deepspeed_enabled:
             raise ValueError(
@@ -157,8 +152,9 @@ class GNFTTrainer(AudioClassificationTrainer):
         return self._two_pass_step(model, inputs, alpha, accumulation)
 
     def _loss(self, model, inputs) -> torch.Tensor:
+        # a shallow copy: with label smoothing the stock `compute_loss` pops "labels", which the second pass needs
         with self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
+            loss = self.compute_loss(model, dict(inputs))
         return loss.mean() if self.args.n_gpu > 1 else loss
 
     def _loss_scale(self) -> float:
@@ -185,7 +181,14 @@ class GNFTTrainer(AudioClassificationTrainer):
             return self._non_finite_first_pass(trainable, stash, loss, accumulation)
 
         snapshot = ParameterSnapshot(covered)
-        perturb_(covered, first_grads, self.args.gn_radius, self.args.gn_norm)
+        perturb_(
+            covered,
+            first_grads,
+            self.args.gn_radius,
+            self.args.gn_norm,
+            adaptive=self.args.gn_adaptive,
+            eta=self.args.gn_adaptive_eta,
+        )
         with torch.no_grad():
             mixed = [p.grad for p in trainable if p.grad is not None]
             torch._foreach_mul_(mixed, 1.0 - alpha)

@@ -61,6 +61,7 @@ def perturbation(
     norm: str = "global",
     adaptive: bool = False,
     eps: float = 1e-12,
+    eta: float = 0.0,
 ) -> list[torch.Tensor]:
     """The step `e` that moves θ by `radius` along the gradient.
 
@@ -70,14 +71,16 @@ def perturbation(
         radius: r.
         norm: "global" (`e = r g / ‖g‖`, ‖·‖ over all tensors) or "per_tensor" (`e_p = r g_p / ‖g_p‖`,
             as in the GN-FT / TSBD authors' code).
-        adaptive: ASAM scaling (Kwon et al. 2021, used by FT-SAM): `e = r T² g / ‖T g‖` with `T = |θ|`.
+        adaptive: ASAM scaling (Kwon et al. 2021, used by FT-SAM): `e = r T² g / ‖T g‖` with `T = |θ| + eta`.
         eps: guards the division.
+        eta: ASAM's η (0 gives `T = |θ|`).
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
     if adaptive:
-        scaled = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
-        directions = [p.detach().abs() * s for p, s in zip(params, scaled, strict=True)]
+        scales = [p.detach().abs().add_(eta) if eta else p.detach().abs() for p in params]
+        scaled = [t * g for t, g in zip(scales, grads, strict=True)]
+        directions = [t * s for t, s in zip(scales, scaled, strict=True)]
     else:
         scaled, directions = list(grads), list(grads)
     if norm == "global":
@@ -94,10 +97,11 @@ def perturb_(
     norm: str = "global",
     adaptive: bool = False,
     eps: float = 1e-12,
+    eta: float = 0.0,
 ) -> None:
     """θ ← θ + e in place, with `e` as in `perturbation`; without ASAM scaling, `e` is never materialised."""
     if adaptive:
-        torch._foreach_add_(list(params), perturbation(params, grads, radius, norm, adaptive, eps))
+        torch._foreach_add_(list(params), perturbation(params, grads, radius, norm, adaptive, eps, eta))
     elif norm == "global":
         torch._foreach_add_(list(params), list(grads), alpha=float(radius / (gradient_norm(grads) + eps)))
     elif norm == "per_tensor":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,3 +38,18 @@ class KeywordTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep the `audio` column for the collator."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+
+
+def as_config(
+    args: TrainingArguments | None, config_class: type, default_output_dir: str
+) -> TrainingArguments:
+    """`args` as a `config_class` (a `TrainingArguments` subclass): kept if it already is one, else rebuilt
+    from its fields with the subclass's own defaults (how the trainers accept plain `TrainingArguments`)."""
+    if args is None:
+        return config_class(output_dir=default_output_dir)
+    if isinstance(args, config_class):
+        return args
+    logger.info("Got TrainingArguments: using %s defaults for the settings it adds", config_class.__name__)
+    values = {key: value for key, value in args.to_dict().items() if not key.startswith("_")}
+    values["hub_token"] = args.hub_token  # to_dict() redacts it
+    return config_class(**values)

@@ -75,3 +75,48 @@ def tiny_float64_model(
             if isinstance(getattr(module, "dropout", None), float):  # attention dropout is a functional call
                 module.dropout = 0.0
     return model, extractor
+
+
+@pytest.fixture(scope="session")
+def backdoored(tmp_path_factory):
+    """A small noise-burst backdoor in the tiny Wav2Vec2, trained once per session (about 30 s), for the
+    defense tests. Yields a namespace: model_dir, model, extractor, dataset (train / validation / test),
+    clean (80 clean training rows), test, triggered (the triggered non-target test rows), target, before
+    (BackdoorMetrics of the suspect)."""
+    import json
+    from types import SimpleNamespace
+
+    from hf_gnft.attack import AttackArguments, DataArguments, ModelArguments, run_attack
+    from hf_gnft.defense import CleanDataArguments, load_suspect_model
+    from hf_gnft.poison import AttackSpec, make_triggered_eval_set
+    from hf_gnft.trainer_args import KeywordTrainingArguments
+    from hf_gnft.training import evaluate_backdoor
+
+    out = tmp_path_factory.mktemp("backdoored") / "suspect"
+    data = DataArguments(synthetic_train_size=800, synthetic_validation_size=150, synthetic_test_size=200)
+    run_attack(
+        data,
+        AttackArguments(poison_rate=0.1),
+        ModelArguments(model="tiny-wav2vec2"),
+        KeywordTrainingArguments(output_dir=str(out), num_train_epochs=12, seed=0, disable_tqdm=True),
+    )
+    model, extractor = load_suspect_model(str(out))
+    dataset = data.load(16_000)
+    spec = AttackSpec.from_json(str(out / "attack_spec.json"))
+    test = dataset["test"]
+    triggered = make_triggered_eval_set(test, spec.build_trigger(), spec.target_label)
+    before = evaluate_backdoor(model, extractor, test, triggered, spec.target_label)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return SimpleNamespace(
+        model_dir=out,
+        model=model,
+        extractor=extractor,
+        dataset=dataset,
+        clean=CleanDataArguments(clean_count=80).select(dataset["train"]),
+        validation=dataset["validation"],
+        test=test,
+        triggered=triggered,
+        target=spec.target_label,
+        before=before,
+        attack_metrics=metrics,
+    )

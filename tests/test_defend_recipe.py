@@ -303,3 +303,11 @@ def test_defend_runs_from_a_config_file_with_overrides(tmp_path, suspect):
     record = defend_recipe.main(["--config", str(path), "--gn_radius", "0.2"])
     assert record["gn"]["gn_radius"] == 0.2 and record["clean_rows"] == 8
     assert (tmp_path / "from-yaml" / "model.safetensors").is_file()
+
+
+def test_choose_strongest_follows_the_direction_of_the_knob():
+    from hf_gnft.defense import choose_strongest
+
+    drops = {2.0: [0.05], 3.0: [0.01], 4.0: [0.0]}  # CLP: a smaller u prunes more
+    assert choose_strongest(drops, larger_is_stronger=False) == 3.0
+    assert choose_strongest(drops, larger_is_stronger=True) == 4.0

@@ -1,0 +1,543 @@
+"""The defense benchmark: models × attacks × defenses × knob values × seeds, on one clean budget.
+
+The protocol is the defender's. Each defense's main knob (learning rate, pruning tolerance, threshold, u)
+is run over a small grid; per (model, attack, defense) the strongest value whose mean clean *validation*
+accuracy drops by at most `max_validation_drop` is chosen, never looking at the trigger. The whole grid is
+kept for CA-vs-ASR curves. Each backdoored model is trained once and cached; every finished cell is one
+line of `results.jsonl`, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .attack import (
+    ATTACK_SPEC_FILE,
+    METRICS_FILE,
+    AttackArguments,
+    DataArguments,
+    ModelArguments,
+    machine_description,
+    run_attack,
+)
+from .defense import CleanDataArguments, choose_strongest, load_suspect_model
+from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
+from .metrics import BackdoorMetrics
+from .poison import AttackSpec, make_triggered_eval_set
+from .trainer_args import KeywordTrainingArguments
+from .training import evaluate_backdoor
+from .triggers import trigger_from_config
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+BEFORE_FILE = "before.json"
+
+
+class BenchmarkConfigError(ValueError):
+    """The grid file is not a valid benchmark configuration."""
+
+
+@dataclass
+class DefenseEntry:
+    """One row of the grid's `defenses:` mapping.
+
+    Args:
+        method: a key of `DEFENSE_METHODS` (defaults to the entry's own name).
+        settings: fixed settings of the defense's config.
+        grid: values of the method's knob; the protocol picks one from clean validation data.
+    """
+
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    grid: list[float] = field(default_factory=list)
+
+    @property
+    def defense(self) -> DefenseMethod:
+        return get_defense(self.method)
+
+
+@dataclass
+class BenchmarkConfig:
+    """The benchmark grid (read from YAML with `BenchmarkConfig.from_yaml`).
+
+    Args:
+        output_dir: where suspects, results, tables and plots go.
+        models: model names for `recipes/attack.py` (tiny configs or checkpoints).
+        triggers: built-in trigger names, or trigger specs (mappings with `type`).
+        defenses: name -> `DefenseEntry` fields (`method`, `settings`, `grid`).
+        seeds: defense seeds (clean subset and training order); data-free defenses run the first only.
+        clean_fraction: the defender's clean budget, as a fraction of the training split.
+        max_validation_drop: the protocol's limit on the clean validation accuracy drop.
+        reference: the defense whose wall time and memory are the cost unit (plain FT).
+        data: `DataArguments` fields (the synthetic corpus by default).
+        attack: `AttackArguments` fields other than the trigger (poison rate, target ...).
+        attack_epochs: epochs of the backdoored model's training.
+        suspects_dir: where backdoored models are cached (default `output_dir/suspects`).
+    """
+
+    output_dir: str = "outputs/benchmark"
+    models: list[str] = field(default_factory=lambda: ["tiny-wav2vec2", "tiny-hubert"])
+    triggers: list[Any] = field(default_factory=lambda: ["noise_burst", "tone", "pbsm", "style"])
+    defenses: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    clean_fraction: float = 0.05
+    max_validation_drop: float = 0.02
+    reference: str = "ft"
+    data: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, Any] = field(default_factory=dict)
+    attack_epochs: float = 15.0
+    suspects_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.defenses:
+            raise BenchmarkConfigError("the grid names no defenses")
+        entries = {}
+        for name, entry in self.defenses.items():
+            entry = dict(entry or {})
+            unknown = sorted(set(entry) - {f.name for f in fields(DefenseEntry)})
+            if unknown:
+                raise BenchmarkConfigError(f"defense {name!r}: unknown keys {', '.join(unknown)}")
+            parsed = DefenseEntry(method=entry.get("method", name), settings=entry.get("settings") or {},
+                                  grid=list(entry.get("grid") or []))  # fmt: skip
+            method = parsed.defense  # unknown method names fail here
+            parsed.settings.pop("output_dir", None)
+            method.make_config(**parsed.settings)  # unknown or invalid settings fail before any training
+            if not parsed.grid:
+                parsed.grid = [getattr(method.make_config(**parsed.settings), method.knob)]
+            entries[name] = parsed
+        self.defenses = entries
+        if self.reference not in self.defenses:
+            raise BenchmarkConfigError(f"the cost reference {self.reference!r} is not among the defenses")
+        if not 0.0 < self.clean_fraction <= 1.0:
+            raise BenchmarkConfigError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
+        if not self.seeds or not self.models or not self.triggers:
+            raise BenchmarkConfigError("models, triggers and seeds must each name at least one")
+        unknown = sorted(set(self.data) - {f.name for f in fields(DataArguments)})
+        if unknown:
+            raise BenchmarkConfigError(f"data: unknown keys {', '.join(unknown)}")
+        unknown = sorted(set(self.attack) - ({f.name for f in fields(AttackArguments)} - {"trigger"}))
+        if unknown:
+            raise BenchmarkConfigError(
+                f"attack: unknown keys (or a trigger: use `triggers`) {', '.join(unknown)}"
+            )
+        for trigger in self.triggers:
+            trigger_from_config(trigger)  # unknown trigger names fail before any training
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
+        """Read a grid file; unknown keys are an error."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise BenchmarkConfigError(f"{path} must hold a mapping")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BenchmarkConfigError(f"{path}: unknown keys {', '.join(unknown)}")
+        return cls(**values)
+
+
+def trigger_name(trigger: Any) -> str:
+    """A built-in name as it is; a trigger spec as its type and a short hash of its settings."""
+    if isinstance(trigger, str):
+        return trigger
+    built = trigger_from_config(trigger)
+    digest = hashlib.sha256(json.dumps(built.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{built.name}-{digest}"
+
+
+def _current_peak_mib() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else None
+
+
+@contextmanager
+def peak_memory():
+    """Measures the peak memory of the block: CUDA allocations on a GPU, else the process's peak resident
+    memory (Linux: reset through /proc/self/clear_refs). Yields a dict whose "mib" is set at the end."""
+    result: dict[str, float | None] = {"mib": None}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    try:
+        yield result
+    finally:
+        result["mib"] = _current_peak_mib()
+
+
+class Benchmark:
+    """Runs a `BenchmarkConfig`, cell by cell, appending to `results.jsonl`."""
+
+    def __init__(self, config: BenchmarkConfig) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.suspects_dir = Path(config.suspects_dir) if config.suspects_dir else self.output_dir / "suspects"
+        self.results_path = self.output_dir / RESULTS_FILE
+        self.data_args = DataArguments(**config.data)
+        self._dataset = None
+        self._triggered: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- data
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            self._dataset = self.data_args.load(self.data_args.sampling_rate)
+        return self._dataset
+
+    def rows(self) -> list[dict]:
+        if not self.results_path.exists():
+            return []
+        return [json.loads(line) for line in self.results_path.read_text().splitlines() if line.strip()]
+
+    def cells(self) -> list[tuple[str, Any, str, float, int]]:
+        """Every (model, trigger, defense, knob value, seed) of the grid, in run order."""
+        out = []
+        for model in self.config.models:
+            for trigger in self.config.triggers:
+                for name, entry in self.config.defenses.items():
+                    seeds = self.config.seeds if self._uses_data(entry) else self.config.seeds[:1]
+                    for value in entry.grid:
+                        for seed in seeds:
+                            out.append((model, trigger, name, float(value), int(seed)))
+        return out
+
+    @staticmethod
+    def _uses_data(entry: DefenseEntry) -> bool:
+        return entry.method != "clp"
+
+    @staticmethod
+    def key(model: str, trigger: Any, defense: str, value: float, seed: int) -> tuple:
+        return (model, trigger_name(trigger), defense, float(value), int(seed))
+
+    # -------------------------------------------------------------------------------------- suspects
+
+    def suspect(self, model: str, trigger: Any) -> Path:
+        """The backdoored model for (model, trigger): trained once, then read from the cache."""
+        path = self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}"
+        if not (path / METRICS_FILE).exists():
+            logger.info("Training the backdoored %s (%s)", model, trigger_name(trigger))
+            print(f"training the backdoored {model} ({trigger_name(trigger)}) ...", flush=True)
+            run_attack(
+                self.data_args,
+                AttackArguments(trigger=trigger_from_config(trigger).to_dict(), **self.config.attack),
+                ModelArguments(model=model),
+                KeywordTrainingArguments(
+                    output_dir=str(path),
+                    num_train_epochs=self.config.attack_epochs,
+                    seed=42,
+                    disable_tqdm=True,
+                ),  # fmt: skip
+            )
+        return path
+
+    def triggered(self, suspect: Path):
+        spec = AttackSpec.from_json(str(suspect / ATTACK_SPEC_FILE))
+        name = suspect.name
+        if name not in self._triggered:
+            test = self.dataset[self.data_args.test_split]
+            self._triggered[name] = make_triggered_eval_set(test, spec.build_trigger(), spec.target_label)
+        return spec, self._triggered[name]
+
+    def before(self, suspect: Path) -> dict:
+        """CA / ASR / RA and clean validation accuracy of the suspect, measured once and cached."""
+        path = suspect / BEFORE_FILE
+        if path.exists():
+            return json.loads(path.read_text())
+        model, extractor = load_suspect_model(str(suspect))
+        spec, triggered = self.triggered(suspect)
+        metrics = evaluate_backdoor(model, extractor, self.dataset[self.data_args.test_split], triggered,
+                                    spec.target_label)  # fmt: skip
+        record = {**metrics.to_dict(), "validation_accuracy": self._validation_accuracy(model, extractor)}
+        path.write_text(json.dumps(record, indent=2))
+        return record
+
+    def _validation_accuracy(self, model, extractor) -> float:
+        if "validation" not in self.dataset:
+            raise BenchmarkConfigError("the benchmark's protocol needs a clean validation split")
+        return evaluate_backdoor(model, extractor, self.dataset["validation"]).clean_accuracy
+
+    # ------------------------------------------------------------------------------------------- cells
+
+    def run_cell(self, model_name: str, trigger: Any, defense: str, value: float, seed: int) -> dict:
+        entry = self.config.defenses[defense]
+        method = entry.defense
+        suspect = self.suspect(model_name, trigger)
+        before = self.before(suspect)
+        spec, triggered = self.triggered(suspect)
+        model, extractor = load_suspect_model(str(suspect))
+        clean = CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
+            self.dataset[self.data_args.train_split]
+        )
+        settings = {**entry.settings, method.knob: value}
+        config_fields = {f.name for f in fields(method.config_class)}
+        for seed_field in ("seed", "anp_seed"):
+            if seed_field in config_fields:
+                settings[seed_field] = seed
+        with tempfile.TemporaryDirectory(prefix="hf-gnft-bench-") as scratch:
+            if "output_dir" in config_fields:
+                settings["output_dir"] = scratch
+            config = method.make_config(**settings)
+            torch.manual_seed(seed)
+            with peak_memory() as peak:
+                started = time.perf_counter()
+                outcome = method.apply(model, extractor, clean, config, validation=self.dataset["validation"])
+                seconds = time.perf_counter() - started
+        after = evaluate_backdoor(outcome.model, extractor, self.dataset[self.data_args.test_split], triggered,
+                                  spec.target_label)  # fmt: skip
+        before_metrics = BackdoorMetrics(**{k: before[k] for k in ("clean_accuracy", "attack_success_rate",
+                                                                   "robust_accuracy", "num_clean", "num_triggered")})  # fmt: skip
+        settings.pop("output_dir", None)
+        return {
+            "model": model_name,
+            "trigger": trigger_name(trigger),
+            "defense": defense,
+            "method": entry.method,
+            "knob": method.knob,
+            "value": value,
+            "seed": seed,
+            "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")},
+            "after": {k: v for k, v in after.to_dict().items() if not k.startswith("num_")},
+            "der": after.der_against(before_metrics),
+            "validation_accuracy": {
+                "before": before["validation_accuracy"],
+                "after": self._validation_accuracy(outcome.model, extractor),
+            },  # fmt: skip
+            "seconds": round(seconds, 2),
+            "peak_mib": peak["mib"],
+            "settings": {k: v for k, v in settings.items()},
+            "clean_rows": len(clean),
+            "info": outcome.info,
+        }
+
+    def run(self, limit: int | None = None) -> list[dict]:
+        """Run every unfinished cell (at most `limit`), appending each result as soon as it is done."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        machine = self.output_dir / "machine.json"
+        if not machine.exists():
+            machine.write_text(json.dumps(machine_description(), indent=2))
+        rows = self.rows()
+        done = {(r["model"], r["trigger"], r["defense"], float(r["value"]), int(r["seed"])) for r in rows}
+        todo = [cell for cell in self.cells() if self.key(*cell) not in done]
+        total = len(self.cells())
+        print(f"benchmark: {total - len(todo)} of {total} cells done, {len(todo)} to run", flush=True)
+        for index, cell in enumerate(todo[:limit] if limit is not None else todo, start=1):
+            started = time.perf_counter()
+            row = self.run_cell(*cell)
+            with open(self.results_path, "a") as handle:
+                handle.write(json.dumps(row, default=str) + "\n")
+            rows.append(row)
+            print(
+                f"[{total - len(todo) + index}/{total}] {row['model']} {row['trigger']} {row['defense']} "
+                f"{row['knob']}={row['value']:g} seed {row['seed']}: CA {100 * row['after']['clean_accuracy']:.1f} "
+                f"ASR {100 * row['after']['attack_success_rate']:.1f} ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        return rows
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+def _pct(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple[float, list[dict]]]:
+    """(model, trigger, defense) -> (chosen knob value, its runs), by the clean-validation rule."""
+    groups: dict[tuple, dict[float, list[dict]]] = {}
+    for row in rows:
+        if row["defense"] not in config.defenses:
+            continue
+        groups.setdefault((row["model"], row["trigger"], row["defense"]), {}).setdefault(
+            float(row["value"]), []
+        ).append(row)
+    chosen = {}
+    for key, by_value in groups.items():
+        method = config.defenses[key[2]].defense
+        drops = {
+            value: [r["validation_accuracy"]["before"] - r["validation_accuracy"]["after"] for r in runs]
+            for value, runs in by_value.items()
+        }
+        value = choose_strongest(
+            drops, config.max_validation_drop, larger_is_stronger=method.larger_is_stronger
+        )
+        if value is not None:
+            chosen[key] = (value, by_value[value])
+    return chosen
+
+
+def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
+    """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
+    seeds), with its wall time and peak memory relative to the reference defense's in the same run."""
+    chosen = choose_cells(rows, config)
+    reference: dict[tuple, tuple[float, float | None]] = {}
+    for (model, trigger, defense), (_, runs) in chosen.items():
+        if defense == config.reference:
+            memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
+            reference[(model, trigger)] = (
+                statistics.mean(r["seconds"] for r in runs),
+                statistics.mean(memory) if memory else None,
+            )
+    lines = [
+        f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
+        f"{100 * config.max_validation_drop:g} pp); CA / ASR / RA in %, mean ± std over seeds; time and memory "
+        f"relative to {config.reference!r} on the same suspect. '—': no value qualified.",
+        "",
+        "| model | attack | defense | knob | CA | ASR | RA | DER | time × | memory × |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    suspects = sorted({(r["model"], r["trigger"]) for r in rows})
+    for model, trigger in suspects:
+        before = next(r["before"] for r in rows if (r["model"], r["trigger"]) == (model, trigger))
+        lines.append(
+            f"| {model} | {trigger} | backdoored | | {100 * before['clean_accuracy']:.1f} "
+            f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | | | |"
+        )
+        for defense in config.defenses:
+            key = (model, trigger, defense)
+            if key not in chosen:
+                if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
+                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | |")
+                continue
+            value, runs = chosen[key]
+            seconds = statistics.mean(r["seconds"] for r in runs)
+            memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
+            ref_time, ref_memory = reference.get((model, trigger), (None, None))
+            time_ratio = f"{seconds / ref_time:.2f}" if ref_time else ""
+            memory_ratio = f"{statistics.mean(memory) / ref_memory:.2f}" if memory and ref_memory else ""
+            lines.append(
+                f"| {model} | {trigger} | {defense} | {runs[0]['knob']}={value:g} "
+                f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
+                f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
+                f"| {_pct([r['after']['robust_accuracy'] for r in runs])} "
+                f"| {statistics.mean(r['der'] for r in runs):.3f} | {time_ratio} | {memory_ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def decorate_ca_asr_axis(axis: Any, title: str, clean_accuracy_before: float, target_asr: float) -> None:
+    """Title, labels, grid, and dotted lines at the target ASR (%) and at a CA 2 points below the suspect's."""
+    axis.axvline(target_asr, color="grey", linestyle=":", linewidth=1)
+    axis.axhline(100 * clean_accuracy_before - 2, color="grey", linestyle=":", linewidth=1)
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel("ASR % (lower is better)")
+    axis.set_ylabel("CA % (higher is better)")
+    axis.set_xlim(-2, 102)
+    axis.grid(alpha=0.3)
+
+
+def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Path]:
+    """`ca_vs_asr.png` (one panel per suspect; every grid value, seed means joined in knob order) and
+    `der.png` (DER at the chosen value, bars per defense, grouped by attack)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suspects = sorted({(r["model"], r["trigger"]) for r in rows})
+    defenses = [d for d in config.defenses if any(r["defense"] == d for r in rows)]
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(defenses)}
+    columns = min(4, len(suspects))
+    n_rows = -(-len(suspects) // columns)
+    figure, axes = plt.subplots(n_rows, columns, figsize=(4.4 * columns, 3.9 * n_rows), squeeze=False)
+    for axis, (model, trigger) in zip(axes.flat, suspects, strict=False):
+        subset = [r for r in rows if (r["model"], r["trigger"]) == (model, trigger)]
+        before = subset[0]["before"]
+        axis.scatter([100 * before["attack_success_rate"]], [100 * before["clean_accuracy"]], c="k", marker="*",
+                     s=120, label="backdoored", zorder=3)  # fmt: skip
+        for defense in defenses:
+            runs = [r for r in subset if r["defense"] == defense]
+            if not runs:
+                continue
+            values = sorted({float(r["value"]) for r in runs})
+            means = [
+                (statistics.mean(100 * r["after"]["attack_success_rate"] for r in runs if float(r["value"]) == v),
+                 statistics.mean(100 * r["after"]["clean_accuracy"] for r in runs if float(r["value"]) == v))
+                for v in values
+            ]  # fmt: skip
+            axis.plot([m[0] for m in means], [m[1] for m in means], marker="o", color=colours[defense],
+                      label=defense, linewidth=1.2, markersize=4)  # fmt: skip
+        decorate_ca_asr_axis(axis, f"{model} / {trigger}", before["clean_accuracy"], target_asr=5.0)
+    for axis in list(axes.flat)[len(suspects) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    figure.suptitle("CA vs ASR over each defense's grid (seed means); dotted: ASR 5%, CA − 2 pp", fontsize=10)
+    figure.tight_layout()
+    curves = output_dir / "ca_vs_asr.png"
+    figure.savefig(curves, dpi=110)
+    plt.close(figure)
+
+    chosen = choose_cells(rows, config)
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.3 * len(suspects) * max(1, len(defenses)) / 3), 4.0))
+    width = 0.8 / max(1, len(defenses))
+    for index, defense in enumerate(defenses):
+        heights = []
+        for model, trigger in suspects:
+            runs = chosen.get((model, trigger, defense), (None, []))[1]
+            heights.append(statistics.mean(r["der"] for r in runs) if runs else 0.0)
+        axis.bar([i + index * width for i in range(len(suspects))], heights, width, label=defense,
+                 color=colours[defense])  # fmt: skip
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(suspects))])
+    axis.set_xticklabels([f"{m}\n{t}" for m, t in suspects], fontsize=7)
+    axis.set_ylabel("DER (0.5 = no effect, 1 = ideal)")
+    axis.set_ylim(0, 1)
+    axis.axhline(0.5, color="grey", linewidth=0.8)
+    axis.legend(fontsize=7, ncol=min(4, len(defenses)))
+    axis.set_title("DER at the knob value chosen on clean validation data", fontsize=10)
+    figure.tight_layout()
+    bars = output_dir / "der.png"
+    figure.savefig(bars, dpi=110)
+    plt.close(figure)
+    return [curves, bars]
+
+
+def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, command: str) -> str:
+    """Write `results.md` (table, command, machine) and the plots; return the table."""
+    table = summarise(rows, config)
+    machine = machine_description()
+    (output_dir / "results.md").write_text(
+        f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
+        f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n"
+    )
+    if rows:
+        plot(rows, config, output_dir)
+    return table
+
+
+__all__ = [
+    "DEFENSE_METHODS",
+    "Benchmark",
+    "BenchmarkConfig",
+    "BenchmarkConfigError",
+    "DefenseEntry",
+    "choose_cells",
+    "peak_memory",
+    "plot",
+    "summarise",
+    "write_reports",
+]

@@ -1,0 +1,104 @@
+"""Backdoor defenses, GN-FT and the baselines it is measured against, behind one entry point.
+
+Every defense is `apply_<name>(model, extractor, clean, config, validation=None) -> DefenseOutcome`: it
+returns a defended copy (the suspect is never changed) and what it did. Training rules are Trainer
+subclasses configured by `TrainingArguments` subclasses; pruning defenses are functions. `DEFENSE_METHODS`
+names them for the benchmark, with the main knob its protocol tunes on clean validation data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..defense import DefenseConfig
+from .anp import ANPConfig, apply_anp
+from .base import DefenseInputError, DefenseOutcome
+from .clp import CLPConfig, apply_clp
+from .fine_pruning import FinePruningConfig, apply_fine_pruning
+from .fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning
+from .nad import NADConfig, NADTrainer, apply_nad
+from .neurons import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class DefenseMethod:
+    """A defense as the benchmark sees it.
+
+    Args:
+        name: its key in `DEFENSE_METHODS`.
+        config_class: the dataclass of its settings.
+        apply: its entry point.
+        knob: the setting the benchmark's protocol tunes (on clean validation data only).
+        larger_is_stronger: whether a larger knob value is the stronger defense.
+        paper: where it comes from.
+    """
+
+    name: str
+    config_class: type
+    apply: Callable[..., DefenseOutcome]
+    knob: str
+    larger_is_stronger: bool
+    paper: str
+
+    @property
+    def trains(self) -> bool:
+        """Whether its config is a `TrainingArguments` (it fine-tunes with a Trainer)."""
+        return issubclass(self.config_class, DefenseConfig)
+
+    def make_config(self, **settings: Any) -> Any:
+        """The config with `settings`; unknown names are an error that lists the known ones."""
+        known = {f.name for f in fields(self.config_class)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"defense {self.name!r} has no setting {', '.join(unknown)}")
+        if self.trains:
+            settings = {"report_to": "none", "disable_tqdm": True, **settings}
+        return self.config_class(**settings)
+
+
+DEFENSE_METHODS: dict[str, DefenseMethod] = {
+    method.name: method
+    for method in (
+        DefenseMethod("ft", FTConfig, apply_fine_tuning, "learning_rate", True, "fine-tuning on the clean subset"),
+        DefenseMethod("gn-ft", DefenseConfig, apply_fine_tuning, "learning_rate", True,
+                      "Zhou, Lin, Liu, arXiv 2502.01152 (2025)"),
+        DefenseMethod("ft-sam", FTSAMConfig, apply_fine_tuning, "learning_rate", True, "Zhu et al., ICCV 2023"),
+        DefenseMethod("fp", FinePruningConfig, apply_fine_pruning, "fp_accuracy_tolerance", True,
+                      "Liu, Dolan-Gavitt, Garg, RAID 2018"),
+        DefenseMethod("nad", NADConfig, apply_nad, "learning_rate", True, "Li et al., ICLR 2021"),
+        DefenseMethod("anp", ANPConfig, apply_anp, "anp_threshold", True, "Wu & Wang, NeurIPS 2021"),
+        DefenseMethod("clp", CLPConfig, apply_clp, "clp_u", False, "Zheng et al., ECCV 2022"),
+    )
+}  # fmt: skip
+
+
+def get_defense(name: str) -> DefenseMethod:
+    """The defense called `name`; an unknown name is an error that lists the known ones."""
+    try:
+        return DEFENSE_METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSE_METHODS)}") from None
+
+
+__all__ = [
+    "ANPConfig",
+    "CLPConfig",
+    "DEFENSE_METHODS",
+    "DefenseInputError",
+    "DefenseMethod",
+    "DefenseOutcome",
+    "FTConfig",
+    "FTSAMConfig",
+    "FinePruningConfig",
+    "NADConfig",
+    "NADTrainer",
+    "UnsupportedModelError",
+    "apply_anp",
+    "apply_clp",
+    "apply_fine_pruning",
+    "apply_fine_tuning",
+    "apply_nad",
+    "get_defense",
+]

@@ -1,0 +1,56 @@
+"""What every defense shares: its outcome, and fine-tuning on the clean subset."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from ..gnft_trainer import GNFTTrainer
+from ..training import AudioClassificationCollator
+
+
+class DefenseInputError(ValueError):
+    """A defense cannot run on the input it was given (e.g. an empty clean subset)."""
+
+
+@dataclass
+class DefenseOutcome:
+    """A defended model and what the defense did to get it (pruned neurons, masks, losses ...)."""
+
+    model: PreTrainedModel
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_clean_subset(clean: Dataset | None, defense: str) -> None:
+    """A clean subset is present and not empty."""
+    if clean is None or len(clean) == 0:
+        raise DefenseInputError(f"{defense} needs clean data, and the clean subset is empty")
+
+
+def fine_tune(
+    model: PreTrainedModel,
+    extractor: Any,
+    clean: Dataset,
+    args: TrainingArguments,
+    trainer_class: type[Trainer] = GNFTTrainer,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """Train `model` in place on `clean` with `trainer_class` (GN-FT by default; `gn_alpha=0` is plain FT)."""
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=clean,
+        data_collator=AudioClassificationCollator(extractor),
+        **trainer_kwargs,
+    )
+    trainer.train()
+    return trainer
+
+
+def copy_model(model: PreTrainedModel) -> PreTrainedModel:
+    """A deep copy, so that a defense never changes the suspect model it was handed."""
+    return copy.deepcopy(model)

@@ -1,0 +1,121 @@
+"""The defense benchmark: grid parsing, resumable cells, the clean-validation choice, reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import benchmark as benchmark_recipe  # noqa: E402
+
+from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells  # noqa: E402
+from hf_gnft.defense import CleanDataError  # noqa: E402
+
+DATA = {"synthetic_train_size": 160, "synthetic_validation_size": 40, "synthetic_test_size": 40}
+
+
+def grid(tmp_path, **overrides) -> dict:
+    values = {
+        "output_dir": str(tmp_path / "bench"),
+        "models": ["tiny-wav2vec2"],
+        "triggers": ["noise_burst"],
+        "seeds": [0, 1],
+        "data": DATA,
+        "attack_epochs": 1,
+        "defenses": {
+            "ft": {"grid": [0.01, 0.05], "settings": {"max_steps": 2, "per_device_train_batch_size": 4}},
+            "clp": {"grid": [3.0]},
+        },
+    }
+    values.update(overrides)
+    return values
+
+
+def write_grid(tmp_path, **overrides) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid(tmp_path, **overrides)))
+    return path
+
+
+def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
+    path = write_grid(tmp_path)
+    config = BenchmarkConfig.from_yaml(path)
+    assert len(Benchmark(config).cells()) == 5  # ft: 2 values × 2 seeds; clp is data-free: 1 value × 1 seed
+    benchmark_recipe.main([str(path), "--limit", "2"])  # an interrupted run
+    results = tmp_path / "bench" / "results.jsonl"
+    assert len(results.read_text().splitlines()) == 2
+    table = benchmark_recipe.main([str(path)])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    keys = [(r["defense"], r["value"], r["seed"]) for r in rows]
+    assert len(rows) == 5 and len(set(keys)) == 5  # continued where it stopped, nothing redone
+    before = results.read_text()
+    benchmark_recipe.main([str(path)])
+    assert results.read_text() == before and "5 of 5 cells done" in capsys.readouterr().out
+    for row in rows:
+        assert row["before"]["attack_success_rate"] >= 0 and 0 <= row["after"]["clean_accuracy"] <= 1
+        assert row["seconds"] > 0 and row["peak_mib"] and 0 <= row["der"] <= 1
+        assert row["validation_accuracy"]["before"] is not None
+    assert {r["settings"]["learning_rate"] for r in rows if r["defense"] == "ft"} == {0.01, 0.05}
+    assert (tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst" / "before.json").is_file()
+    assert (
+        "| tiny-wav2vec2 | noise_burst | ft |" in table or "| tiny-wav2vec2 | noise_burst | ft | — |" in table
+    )
+    assert "time ×" in table
+    for name in ("results.md", "ca_vs_asr.png", "der.png"):
+        assert (tmp_path / "bench" / name).stat().st_size > 0
+
+
+def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
+    config = BenchmarkConfig(**grid(tmp_path))
+
+    def row(defense, value, seed, drop):
+        return {"model": "m", "trigger": "t", "defense": defense, "value": value, "seed": seed,
+                "validation_accuracy": {"before": 0.9, "after": 0.9 - drop}}  # fmt: skip
+
+    rows = [row("ft", 0.01, 0, 0.0), row("ft", 0.05, 0, 0.01), row("ft", 0.05, 1, 0.04)]  # 0.05: mean 2.5 pp
+    rows += [
+        row("clp", 3.0, 0, 0.05),
+        row("clp", 4.0, 0, 0.0),
+        row("clp", 5.0, 0, 0.0),
+    ]  # smaller u is stronger
+    chosen = choose_cells(rows, config)
+    assert chosen[("m", "t", "ft")][0] == 0.01
+    assert chosen[("m", "t", "clp")][0] == 4.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"defenses": {"no-such": {}}}, "unknown defense 'no-such'"),
+        ({"defenses": {"ft": {"grid": [0.1], "steps": 3}}}, "unknown keys steps"),
+        ({"defenses": {"ft": {"settings": {"gn_alfa": 0.5}}}}, "no setting gn_alfa"),
+        ({"defenses": {"clp": {}}}, "cost reference 'ft'"),
+        ({"clean_fraction": 0.0}, r"\(0, 1\]"),
+        ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
+        ({"triggers": ["no_such_trigger"]}, "no_such_trigger"),
+        ({"defenses": {}}, "no defenses"),
+    ],
+)
+def test_bad_grids_are_refused_before_any_training(tmp_path, overrides, message):
+    path = write_grid(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig.from_yaml(path)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_unknown_top_level_key_is_refused(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({**grid(tmp_path), "sedes": [0]}))
+    with pytest.raises(BenchmarkConfigError, match="unknown keys sedes"):
+        BenchmarkConfig.from_yaml(path)
+
+
+def test_empty_clean_subset_is_refused(tmp_path):
+    path = write_grid(tmp_path, clean_fraction=0.001)
+    with pytest.raises(CleanDataError, match="clean set is empty"):
+        benchmark_recipe.main([str(path), "--limit", "1"])
+    assert not (tmp_path / "bench" / "results.jsonl").exists()
