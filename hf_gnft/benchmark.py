@@ -86,6 +86,8 @@ class BenchmarkConfig:
         data: `DataArguments` fields (the synthetic corpus by default).
         attack: `AttackArguments` fields other than the trigger (poison rate, target ...).
         attack_epochs: epochs of the backdoored model's training.
+        attack_training: other `KeywordTrainingArguments` fields of that training (e.g. a learning rate for a
+            pretrained model).
         suspects_dir: where backdoored models are cached (default `output_dir/suspects`).
     """
 
@@ -100,6 +102,7 @@ class BenchmarkConfig:
     data: dict[str, Any] = field(default_factory=dict)
     attack: dict[str, Any] = field(default_factory=dict)
     attack_epochs: float = 15.0
+    attack_training: dict[str, Any] = field(default_factory=dict)
     suspects_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -134,6 +137,9 @@ class BenchmarkConfig:
             raise BenchmarkConfigError(
                 f"attack: unknown keys (or a trigger: use `triggers`) {', '.join(unknown)}"
             )
+        unknown = sorted(set(self.attack_training) - {f.name for f in fields(KeywordTrainingArguments)})
+        if unknown:
+            raise BenchmarkConfigError(f"attack_training: unknown keys {', '.join(unknown)}")
         for trigger in self.triggers:
             trigger_from_config(trigger)  # unknown trigger names fail before any training
 
@@ -245,10 +251,13 @@ class Benchmark:
                 AttackArguments(trigger=trigger_from_config(trigger).to_dict(), **self.config.attack),
                 ModelArguments(model=model),
                 KeywordTrainingArguments(
-                    output_dir=str(path),
-                    num_train_epochs=self.config.attack_epochs,
-                    seed=42,
-                    disable_tqdm=True,
+                    **{
+                        "num_train_epochs": self.config.attack_epochs,
+                        "seed": 42,
+                        "disable_tqdm": True,
+                        **self.config.attack_training,
+                        "output_dir": str(path),
+                    }
                 ),  # fmt: skip
             )
         return path
@@ -396,8 +405,11 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     seeds), with its wall time and peak memory relative to the reference defense's in the same run."""
     chosen = choose_cells(rows, config)
     reference: dict[tuple, tuple[float, float | None]] = {}
-    for (model, trigger, defense), (_, runs) in chosen.items():
-        if defense == config.reference:
+    for model, trigger in {(r["model"], r["trigger"]) for r in rows}:
+        runs = [
+            r for r in rows if (r["model"], r["trigger"], r["defense"]) == (model, trigger, config.reference)
+        ]
+        if runs:  # every run of the reference on this suspect, whatever value the rule chose
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
             reference[(model, trigger)] = (
                 statistics.mean(r["seconds"] for r in runs),
@@ -406,7 +418,7 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     lines = [
         f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
         f"{100 * config.max_validation_drop:g} pp); CA / ASR / RA in %, mean ± std over seeds; time and memory "
-        f"relative to {config.reference!r} on the same suspect. '—': no value qualified.",
+        f"relative to the mean of all {config.reference!r} runs on the same suspect. '—': no value qualified.",
         "",
         "| model | attack | defense | knob | CA | ASR | RA | DER | time × | memory × |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -428,7 +440,7 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             seconds = statistics.mean(r["seconds"] for r in runs)
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
             ref_time, ref_memory = reference.get((model, trigger), (None, None))
-            time_ratio = f"{seconds / ref_time:.2f}" if ref_time else ""
+            time_ratio = f"{seconds / ref_time:.2g}" if ref_time else ""
             memory_ratio = f"{statistics.mean(memory) / ref_memory:.2f}" if memory and ref_memory else ""
             lines.append(
                 f"| {model} | {trigger} | {defense} | {runs[0]['knob']}={value:g} "

@@ -119,3 +119,13 @@ def test_empty_clean_subset_is_refused(tmp_path):
     with pytest.raises(CleanDataError, match="clean set is empty"):
         benchmark_recipe.main([str(path), "--limit", "1"])
     assert not (tmp_path / "bench" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["small.yaml", "full.yaml"])
+def test_shipped_grids_parse(name):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / name
+    config = BenchmarkConfig.from_yaml(path)
+    assert {"ft", "gn-ft", "ft-sam", "fp", "nad", "anp", "clp"} <= {
+        e.method for e in config.defenses.values()
+    }
+    assert config.seeds == [0, 1, 2] and config.clean_fraction == 0.05 and len(config.triggers) >= 4
