@@ -32,7 +32,7 @@ from .poison import (
     resolve_label,
 )
 from .trainer_args import KeywordTrainingArguments
-from .training import AudioClassificationCollator, AudioClassificationTrainer, evaluate_backdoor
+from .training import AudioClassificationTrainer, evaluate_backdoor, train_timed
 from .triggers import trigger_from_config
 
 logger = logging.getLogger(__name__)
@@ -221,15 +221,9 @@ def run_attack(
     with staged_output_dir(output_dir) as staged:
         training_args.output_dir = str(staged.path)
         try:
-            trainer = AudioClassificationTrainer(
-                model=model,
-                args=training_args,
-                train_dataset=poisoned_train,
-                data_collator=AudioClassificationCollator(feature_extractor),
+            trainer, train_output, train_seconds = train_timed(
+                AudioClassificationTrainer, model, training_args, poisoned_train, feature_extractor
             )
-            train_started = time.perf_counter()
-            train_output = trainer.train()
-            train_seconds = time.perf_counter() - train_started
         finally:
             training_args.output_dir = str(output_dir)
         metrics = evaluate_backdoor(

@@ -33,7 +33,7 @@ from .attack import (
     machine_description,
     run_attack,
 )
-from .defense import CleanDataArguments, choose_strongest, load_suspect_model
+from .defense import CleanDataArguments, choose_strongest, load_suspect_model, validation_drop
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
 from .metrics import BackdoorMetrics
 from .poison import AttackSpec, make_triggered_eval_set
@@ -224,15 +224,11 @@ class Benchmark:
         for model in self.config.models:
             for trigger in self.config.triggers:
                 for name, entry in self.config.defenses.items():
-                    seeds = self.config.seeds if self._uses_data(entry) else self.config.seeds[:1]
+                    seeds = self.config.seeds if entry.defense.uses_data else self.config.seeds[:1]
                     for value in entry.grid:
                         for seed in seeds:
                             out.append((model, trigger, name, float(value), int(seed)))
         return out
-
-    @staticmethod
-    def _uses_data(entry: DefenseEntry) -> bool:
-        return entry.method != "clp"
 
     @staticmethod
     def key(model: str, trigger: Any, defense: str, value: float, seed: int) -> tuple:
@@ -336,7 +332,7 @@ class Benchmark:
             },  # fmt: skip
             "seconds": round(seconds, 2),
             "peak_mib": peak["mib"],
-            "settings": {k: v for k, v in settings.items()},
+            "settings": settings,
             "clean_rows": len(clean),
             "info": outcome.info,
         }
@@ -388,10 +384,7 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
     chosen = {}
     for key, by_value in groups.items():
         method = config.defenses[key[2]].defense
-        drops = {
-            value: [r["validation_accuracy"]["before"] - r["validation_accuracy"]["after"] for r in runs]
-            for value, runs in by_value.items()
-        }
+        drops = {value: [validation_drop(r) for r in runs] for value, runs in by_value.items()}
         value = choose_strongest(
             drops, config.max_validation_drop, larger_is_stronger=method.larger_is_stronger
         )

@@ -29,7 +29,7 @@ from .metrics import BackdoorMetrics
 from .models import require_safetensors
 from .outputs import save_shareable_model, staged_output_dir
 from .poison import AttackSpec, make_triggered_eval_set
-from .training import AudioClassificationCollator, evaluate_backdoor
+from .training import evaluate_backdoor, train_timed
 
 logger = logging.getLogger(__name__)
 
@@ -267,15 +267,7 @@ def run_defense(
     with staged_output_dir(output_dir) as staged:
         config.output_dir = str(staged.path)
         try:
-            trainer = GNFTTrainer(
-                model=model,
-                args=config,
-                train_dataset=clean,
-                data_collator=AudioClassificationCollator(extractor),
-            )
-            train_started = time.perf_counter()
-            trainer.train()
-            train_seconds = time.perf_counter() - train_started
+            trainer, _, train_seconds = train_timed(GNFTTrainer, model, config, clean, extractor)
         finally:
             config.output_dir = str(output_dir)
         after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)

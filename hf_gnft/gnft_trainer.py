@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import types
-from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
@@ -90,7 +89,6 @@ class GNFTTrainer(AudioClassificationTrainer):
         self.covered_parameter_names = self._covered_names()
         if args.gn_mode == "exact":
             self._check_exact_mode()
-        self._gn_metrics: dict[str, list[float]] = defaultdict(list)
         self._gn_two_pass_at_zero_alpha = False  # tests force the two-pass code at α = 0
 
     # ---------------------------------------------------------------------------------------- set-up
@@ -138,7 +136,7 @@ class GNFTTrainer(AudioClassificationTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         alpha = self.current_alpha()
         if self.args.gn_mode == "approx" and alpha == 0.0 and not self._gn_two_pass_at_zero_alpha:
-            self._gn_metrics["gn/alpha"].append(0.0)
+            self._step_metrics["gn/alpha"].append(0.0)
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
@@ -211,7 +209,7 @@ class GNFTTrainer(AudioClassificationTrainer):
         return (loss / accumulation).detach()
 
     def _non_finite_first_pass(self, trainable, stash, loss, accumulation: int) -> torch.Tensor:
-        self._gn_metrics["gn/skipped"].append(1.0)
+        self._step_metrics["gn/skipped"].append(1.0)
         if self._loss_scale() != 1.0:
             # fp16: leave the non-finite gradient in place; the GradScaler skips the step and lowers its scale
             logger.warning("GN-FT: non-finite first-pass gradient under fp16: the scaler skips this step")
@@ -246,15 +244,8 @@ class GNFTTrainer(AudioClassificationTrainer):
     # ------------------------------------------------------------------------------------ logging
 
     def _record(self, loss: torch.Tensor, grad_norm: float, alpha: float) -> None:
-        self._gn_metrics["gn/ce_loss"].append(float(loss.detach()))
-        self._gn_metrics["gn/grad_norm"].append(grad_norm)
-        self._gn_metrics["gn/penalty"].append(alpha * self.args.gn_radius * grad_norm)
-        self._gn_metrics["gn/alpha"].append(alpha)
-        self._gn_metrics["gn/skipped"].append(0.0)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._gn_metrics:
-            for key, values in self._gn_metrics.items():
-                logs[key] = sum(values) / len(values)
-            self._gn_metrics.clear()
-        super().log(logs, start_time)
+        self._step_metrics["gn/ce_loss"].append(float(loss.detach()))
+        self._step_metrics["gn/grad_norm"].append(grad_norm)
+        self._step_metrics["gn/penalty"].append(alpha * self.args.gn_radius * grad_norm)
+        self._step_metrics["gn/alpha"].append(alpha)
+        self._step_metrics["gn/skipped"].append(0.0)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import FeatureExtractionMixin, PreTrainedModel, Trainer
+from transformers import FeatureExtractionMixin, PreTrainedModel, Trainer, TrainingArguments
 
 from .audio import AudioError, load_audio
 from .metrics import BackdoorMetrics, backdoor_metrics
@@ -80,6 +82,37 @@ class AudioClassificationTrainer(Trainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
+        # per-micro-batch values of subclasses' own metrics, logged as means with the training loss
+        self._step_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._step_metrics:
+            for key, values in self._step_metrics.items():
+                logs[key] = sum(values) / len(values)
+            self._step_metrics.clear()
+        super().log(logs, start_time)
+
+
+def train_timed(
+    trainer_class: type[Trainer],
+    model: PreTrainedModel,
+    args: TrainingArguments,
+    train_dataset: Dataset,
+    feature_extractor: Any,
+    **trainer_kwargs: Any,
+) -> tuple[Trainer, Any, float]:
+    """Build `trainer_class` on `train_dataset` with the audio collator, train it, and return the trainer, the
+    `train()` output and the training wall time in seconds."""
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=AudioClassificationCollator(feature_extractor),
+        **trainer_kwargs,
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    return trainer, output, time.perf_counter() - started
 
 
 @torch.no_grad()

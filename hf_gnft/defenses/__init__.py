@@ -33,6 +33,7 @@ class DefenseMethod:
         knob: the setting the benchmark's protocol tunes (on clean validation data only).
         larger_is_stronger: whether a larger knob value is the stronger defense.
         paper: where it comes from.
+        uses_data: False for a data-free defense (its result does not depend on the clean subset's seed).
     """
 
     name: str
@@ -41,6 +42,7 @@ class DefenseMethod:
     knob: str
     larger_is_stronger: bool
     paper: str
+    uses_data: bool = True
 
     @property
     def trains(self) -> bool:
@@ -69,7 +71,7 @@ DEFENSE_METHODS: dict[str, DefenseMethod] = {
                       "Liu, Dolan-Gavitt, Garg, RAID 2018"),
         DefenseMethod("nad", NADConfig, apply_nad, "learning_rate", True, "Li et al., ICLR 2021"),
         DefenseMethod("anp", ANPConfig, apply_anp, "anp_threshold", True, "Wu & Wang, NeurIPS 2021"),
-        DefenseMethod("clp", CLPConfig, apply_clp, "clp_u", False, "Zheng et al., ECCV 2022"),
+        DefenseMethod("clp", CLPConfig, apply_clp, "clp_u", False, "Zheng et al., ECCV 2022", uses_data=False),
     )
 }  # fmt: skip
 

@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from ..gnft_trainer import GNFTTrainer
-from ..training import AudioClassificationCollator
+from ..training import train_timed
 
 
 class DefenseInputError(ValueError):
@@ -40,15 +40,7 @@ def fine_tune(
     **trainer_kwargs: Any,
 ) -> Trainer:
     """Train `model` in place on `clean` with `trainer_class` (GN-FT by default; `gn_alpha=0` is plain FT)."""
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=clean,
-        data_collator=AudioClassificationCollator(extractor),
-        **trainer_kwargs,
-    )
-    trainer.train()
-    return trainer
+    return train_timed(trainer_class, model, args, clean, extractor, **trainer_kwargs)[0]
 
 
 def copy_model(model: PreTrainedModel) -> PreTrainedModel:

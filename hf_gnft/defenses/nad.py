@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,7 +181,6 @@ class NADTrainer(AudioClassificationTrainer):
         count = getattr(getattr(self.model, "config", None), "num_hidden_layers", None)
         if isinstance(count, int):
             self.nad_layer_indices = resolve_layers(self.args.nad_layers, count)
-        self._nad_metrics: dict[str, list[float]] = defaultdict(list)
 
     def attention_loss(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor]):
         """Σ over the distilled layers of the AT loss (hidden state `l + 1` is the output of layer `l`)."""
@@ -221,17 +219,10 @@ class NADTrainer(AudioClassificationTrainer):
         attention_term = self.args.nad_beta * at_loss
         loss = ce + attention_term.to(ce.dtype)
         if model.training:
-            self._nad_metrics["nad/ce_loss"].append(float(ce.detach()))
-            self._nad_metrics["nad/at_loss"].append(float(at_loss.detach()))
-            self._nad_metrics["nad/attention_term"].append(float(attention_term.detach()))
+            self._step_metrics["nad/ce_loss"].append(float(ce.detach()))
+            self._step_metrics["nad/at_loss"].append(float(at_loss.detach()))
+            self._step_metrics["nad/attention_term"].append(float(attention_term.detach()))
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._nad_metrics:
-            for key, values in self._nad_metrics.items():
-                logs[key] = sum(values) / len(values)
-            self._nad_metrics.clear()
-        super().log(logs, start_time)
 
 
 def _last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:
