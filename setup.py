@@ -19,8 +19,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["hf_gnft", "hf_gnft.*"]),
-    package_data={"hf_gnft": ["py.typed", "model_configs/*.json", "evaluate_modules/*/*.py"]},
+    packages=[*find_packages(include=["hf_gnft", "hf_gnft.*"]), "hf_gnft.model_cards"],
+    # The model card templates live in the top-level model_cards/ and install as hf_gnft/model_cards/.
+    package_dir={"hf_gnft.model_cards": "model_cards"},
+    package_data={
+        "hf_gnft": ["py.typed", "model_configs/*.json", "evaluate_modules/*/*.py"],
+        "hf_gnft.model_cards": ["*.md"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0,<6",
@@ -36,6 +41,7 @@ setup(
         "espeakng-loader>=0.2",
         "pyyaml>=6.0",
         "matplotlib>=3.7",
+        "jinja2>=3.0",  # model cards (huggingface_hub.ModelCard.from_template)
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6"],

@@ -22,7 +22,7 @@ from .audio import AudioError
 from .data.loading import load_keyword_dataset
 from .data.synthetic import SyntheticKeywordsConfig, load_synthetic_keywords
 from .models import build_model
-from .outputs import save_shareable_model, staged_output_dir
+from .outputs import check_output_dir, resume_checkpoint, save_shareable_model, staged_output_dir
 from .poison import (
     POISON_MODES,
     AttackSpec,
@@ -31,7 +31,7 @@ from .poison import (
     poison_dataset,
     resolve_label,
 )
-from .trainer_args import KeywordTrainingArguments
+from .trainer_args import KeywordTrainingArguments, is_main_process
 from .training import AudioClassificationTrainer, evaluate_backdoor, train_timed
 from .triggers import trigger_from_config
 
@@ -147,12 +147,14 @@ class ModelArguments:
         model_revision: Hub revision of a checkpoint.
         freeze_feature_encoder: freeze the convolutional feature encoder of a pretrained checkpoint.
         trust_remote_code: run code shipped with a checkpoint (off unless asked for).
+        allow_pickle_weights: load a checkpoint that has only pickled weights (refused by default).
     """
 
     model: str = "tiny-wav2vec2"
     model_revision: str | None = None
     freeze_feature_encoder: bool = True
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
 
 
 @dataclass
@@ -186,6 +188,10 @@ def run_attack(
     """
     started = time.perf_counter()
     output_dir = Path(training_args.output_dir)
+    overwrite = bool(getattr(training_args, "overwrite_output_dir", False))
+    main_process = is_main_process(training_args)
+    resume = resume_checkpoint(output_dir, training_args.resume_from_checkpoint)  # every rank resumes from it
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume is not None)  # before any work
     trigger = trigger_from_config(attack_args.trigger)
     sampling_rate = data_args.sampling_rate
     dataset = data_args.load(sampling_rate)
@@ -201,6 +207,7 @@ def run_attack(
         revision=model_args.model_revision,
         freeze_feature_encoder=model_args.freeze_feature_encoder,
         trust_remote_code=model_args.trust_remote_code,
+        allow_pickle_weights=model_args.allow_pickle_weights,
     )
     if feature_extractor.sampling_rate != sampling_rate:
         raise AudioError(
@@ -218,11 +225,18 @@ def run_attack(
     )
     triggered_test = make_triggered_eval_set(test, trigger, target, num_proc=data_args.num_proc)
 
-    with staged_output_dir(output_dir) as staged:
+    with staged_output_dir(
+        output_dir, overwrite=overwrite, resume=resume is not None, main_process=main_process
+    ) as staged:
         training_args.output_dir = str(staged.path)
         try:
             trainer, train_output, train_seconds = train_timed(
-                AudioClassificationTrainer, model, training_args, poisoned_train, feature_extractor
+                AudioClassificationTrainer,
+                model,
+                training_args,
+                poisoned_train,
+                feature_extractor,
+                resume_from_checkpoint=resume,
             )
         finally:
             training_args.output_dir = str(output_dir)
@@ -240,12 +254,14 @@ def run_attack(
             "data_args": asdict(data_args),
             "attack": spec.to_dict(),
         }
-        save_shareable_model(trainer, feature_extractor, staged.path)
-        (staged.path / "training_args.json").write_text(
-            json.dumps(training_args.to_dict(), indent=2, default=str)
-        )
-        spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
-        (staged.path / METRICS_FILE).write_text(json.dumps(record, indent=2))
+        staged.publish = main_process and trainer.is_world_process_zero()
+        if staged.publish:
+            save_shareable_model(trainer, feature_extractor, staged.path)
+            (staged.path / "training_args.json").write_text(
+                json.dumps(training_args.to_dict(), indent=2, default=str)
+            )
+            spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+            (staged.path / METRICS_FILE).write_text(json.dumps(record, indent=2))
     logger.info(
         "Backdoored model in %s: CA %.1f%%, ASR %.1f%%, RA %.1f%%",
         output_dir,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from .attack import (
 from .defense import CleanDataArguments, choose_strongest, load_suspect_model, validation_drop
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
 from .metrics import BackdoorMetrics
+from .outputs import atomic_write_text
 from .poison import AttackSpec, make_triggered_eval_set
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor
@@ -58,16 +60,32 @@ class DefenseEntry:
     Args:
         method: a key of `DEFENSE_METHODS` (defaults to the entry's own name).
         settings: fixed settings of the defense's config.
-        grid: values of the method's knob; the protocol picks one from clean validation data.
+        grid: values of the knob; the protocol picks one from clean validation data.
+        knob: the config field the grid sets (default: the method's own knob, e.g. fine-pruning's accuracy
+            tolerance); another field, such as `learning_rate`, tunes that instead.
+        larger_is_stronger: whether a larger knob value is the stronger defense (default: the method's
+            for its own knob, else True, as for a learning rate).
     """
 
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     grid: list[float] = field(default_factory=list)
+    knob: str | None = None
+    larger_is_stronger: bool | None = None
 
     @property
     def defense(self) -> DefenseMethod:
         return get_defense(self.method)
+
+    @property
+    def knob_name(self) -> str:
+        return self.knob or self.defense.knob
+
+    @property
+    def stronger_when_larger(self) -> bool:
+        if self.larger_is_stronger is not None:
+            return self.larger_is_stronger
+        return self.defense.larger_is_stronger if self.knob_name == self.defense.knob else True
 
 
 @dataclass
@@ -115,12 +133,19 @@ class BenchmarkConfig:
             if unknown:
                 raise BenchmarkConfigError(f"defense {name!r}: unknown keys {', '.join(unknown)}")
             parsed = DefenseEntry(method=entry.get("method", name), settings=entry.get("settings") or {},
-                                  grid=list(entry.get("grid") or []))  # fmt: skip
+                                  grid=list(entry.get("grid") or []), knob=entry.get("knob"),
+                                  larger_is_stronger=entry.get("larger_is_stronger"))  # fmt: skip
             method = parsed.defense  # unknown method names fail here
             parsed.settings.pop("output_dir", None)
-            method.make_config(**parsed.settings)  # unknown or invalid settings fail before any training
+            knob = parsed.knob_name
+            if knob not in {f.name for f in fields(method.config_class)}:
+                raise BenchmarkConfigError(
+                    f"defense {name!r}: {method.config_class.__name__} has no field {knob!r} to tune"
+                )
+            trial = {**parsed.settings, knob: parsed.grid[0]} if parsed.grid else parsed.settings
+            config = method.make_config(**trial)  # unknown or invalid settings fail before any training
             if not parsed.grid:
-                parsed.grid = [getattr(method.make_config(**parsed.settings), method.knob)]
+                parsed.grid = [getattr(config, knob)]
             entries[name] = parsed
         self.defenses = entries
         if self.reference not in self.defenses:
@@ -153,6 +178,14 @@ class BenchmarkConfig:
         if unknown:
             raise BenchmarkConfigError(f"{path}: unknown keys {', '.join(unknown)}")
         return cls(**values)
+
+
+def _typed(config_class: type, name: str, value: float) -> float | int:
+    """A grid value as its config field wants it: an integer field (e.g. a number of neurons) gets an int."""
+    annotation = str(next(f.type for f in fields(config_class) if f.name == name))
+    if "int" in annotation and "float" not in annotation and float(value).is_integer():
+        return int(value)
+    return value
 
 
 def trigger_name(trigger: Any) -> str:
@@ -214,9 +247,27 @@ class Benchmark:
         return self._dataset
 
     def rows(self) -> list[dict]:
+        """The finished cells. A last line cut short by a kill is dropped (and removed from the file), so that
+        its cell runs again; any other unreadable line is an error."""
         if not self.results_path.exists():
             return []
-        return [json.loads(line) for line in self.results_path.read_text().splitlines() if line.strip()]
+        text = self.results_path.read_text()
+        lines = text.splitlines()
+        rows = []
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if index == len(lines) - 1 and not text.endswith("\n"):
+                    logger.warning(
+                        "Dropping the unfinished last line of %s: its cell runs again", self.results_path
+                    )
+                    atomic_write_text(self.results_path, "".join(f"{kept}\n" for kept in lines[:-1]))
+                    break
+                raise
+        return rows
 
     def cells(self) -> list[tuple[str, Any, str, float, int]]:
         """Every (model, trigger, defense, knob value, seed) of the grid, in run order."""
@@ -276,7 +327,7 @@ class Benchmark:
         metrics = evaluate_backdoor(model, extractor, self.dataset[self.data_args.test_split], triggered,
                                     spec.target_label)  # fmt: skip
         record = {**metrics.to_dict(), "validation_accuracy": self._validation_accuracy(model, extractor)}
-        path.write_text(json.dumps(record, indent=2))
+        atomic_write_text(path, json.dumps(record, indent=2))
         return record
 
     def _validation_accuracy(self, model, extractor) -> float:
@@ -296,7 +347,7 @@ class Benchmark:
         clean = CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
             self.dataset[self.data_args.train_split]
         )
-        settings = {**entry.settings, method.knob: value}
+        settings = {**entry.settings, entry.knob_name: _typed(method.config_class, entry.knob_name, value)}
         config_fields = {f.name for f in fields(method.config_class)}
         for seed_field in ("seed", "anp_seed"):
             if seed_field in config_fields:
@@ -320,7 +371,7 @@ class Benchmark:
             "trigger": trigger_name(trigger),
             "defense": defense,
             "method": entry.method,
-            "knob": method.knob,
+            "knob": entry.knob_name,
             "value": value,
             "seed": seed,
             "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")},
@@ -342,7 +393,7 @@ class Benchmark:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         machine = self.output_dir / "machine.json"
         if not machine.exists():
-            machine.write_text(json.dumps(machine_description(), indent=2))
+            atomic_write_text(machine, json.dumps(machine_description(), indent=2))
         rows = self.rows()
         done = {(r["model"], r["trigger"], r["defense"], float(r["value"]), int(r["seed"])) for r in rows}
         todo = [cell for cell in self.cells() if self.key(*cell) not in done]
@@ -351,8 +402,10 @@ class Benchmark:
         for index, cell in enumerate(todo[:limit] if limit is not None else todo, start=1):
             started = time.perf_counter()
             row = self.run_cell(*cell)
-            with open(self.results_path, "a") as handle:
+            with open(self.results_path, "a") as handle:  # one whole line per cell, flushed at once
                 handle.write(json.dumps(row, default=str) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
             rows.append(row)
             print(
                 f"[{total - len(todo) + index}/{total}] {row['model']} {row['trigger']} {row['defense']} "
@@ -383,10 +436,10 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
         ).append(row)
     chosen = {}
     for key, by_value in groups.items():
-        method = config.defenses[key[2]].defense
+        entry = config.defenses[key[2]]
         drops = {value: [validation_drop(r) for r in runs] for value, runs in by_value.items()}
         value = choose_strongest(
-            drops, config.max_validation_drop, larger_is_stronger=method.larger_is_stronger
+            drops, config.max_validation_drop, larger_is_stronger=entry.stronger_when_larger
         )
         if value is not None:
             chosen[key] = (value, by_value[value])
@@ -498,7 +551,9 @@ def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Pa
     plt.close(figure)
 
     chosen = choose_cells(rows, config)
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.3 * len(suspects) * max(1, len(defenses)) / 3), 4.0))
+    figure, axis = plt.subplots(
+        figsize=(min(16.0, max(6.0, 1.3 * len(suspects) * max(1, len(defenses)) / 3)), 4.5)
+    )
     width = 0.8 / max(1, len(defenses))
     for index, defense in enumerate(defenses):
         heights = []
@@ -525,9 +580,10 @@ def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, c
     """Write `results.md` (table, command, machine) and the plots; return the table."""
     table = summarise(rows, config)
     machine = machine_description()
-    (output_dir / "results.md").write_text(
+    atomic_write_text(
+        output_dir / "results.md",
         f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
-        f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n"
+        f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n",
     )
     if rows:
         plot(rows, config, output_dir)

@@ -19,17 +19,28 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.trainer_utils import get_last_checkpoint
 
 from .attack import ATTACK_SPEC_FILE, DataArguments, machine_description
 from .audio import AudioError
 from .gnft_config import GNFTConfig
 from .gnft_trainer import GNFTTrainer
+from .hub import PushResult, push_output_dir, redact_local, write_model_card
 from .metrics import BackdoorMetrics
-from .models import require_safetensors
-from .outputs import save_shareable_model, staged_output_dir
+from .models import load_suspect_model
+from .outputs import (
+    atomic_write_text,
+    check_output_dir,
+    partial_dir,
+    resume_checkpoint,
+    save_shareable_model,
+    staged_output_dir,
+)
 from .poison import AttackSpec, make_triggered_eval_set
+from .trainer_args import is_main_process
 from .training import evaluate_backdoor, train_timed
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +77,8 @@ class SuspectModelArguments:
         model: a local folder or Hub id of an `AutoModelForAudioClassification` checkpoint (safetensors only).
         model_revision: Hub revision (branch, tag or commit).
         trust_remote_code: run code shipped with the checkpoint (off unless asked for).
+        allow_pickle_weights: load a checkpoint whose weights are only pickles (`pytorch_model.bin`); refused
+            by default, with the command that converts it to safetensors.
         attack_spec: the `attack_spec.json` of a known attack, to measure ASR / RA / DER; defaults to the one
             next to the model when there is one. Used for evaluation only.
     """
@@ -73,6 +86,12 @@ class SuspectModelArguments:
     model: str = field(default="outputs/attack", metadata={"help": "Suspect checkpoint (folder or Hub id)."})
     model_revision: str | None = None
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Load a checkpoint that has only pickled weights (torch.load with weights_only=True)."
+        },
+    )
     attack_spec: str | None = None
 
 
@@ -124,7 +143,10 @@ class DefenseConfig(GNFTConfig):
 
     The authors' optimizer: SGD with momentum 0.9 and weight decay 5e-5 (TSBD), cosine schedule;
     20 epochs of batches of 32, learning rate 0.01. Set `gn_alpha=0` for plain fine-tuning with the same
-    budget. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
+    budget. `push_to_hub` / `hub_model_id` / `hub_private_repo` push the finished output folder (model, card,
+    metrics; never checkpoints) once, at the end; `hub_dry_run` lists what would be pushed. Checkpoints
+    (`save_strategy="steps"`) go to `OUTPUT_DIR.partial/` and `resume_from_checkpoint=True` continues
+    from the last. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
     models and recommends choosing the learning rate from clean validation accuracy with
     [`search_learning_rate`] (e.g. over 0.05 and 0.1); the defaults stay the authors'.
     """
@@ -141,6 +163,17 @@ class DefenseConfig(GNFTConfig):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers to report to."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `audio` for the collator."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished output folder (once the new one is complete)."}
+    )
+    hub_dry_run: bool = field(
+        default=False, metadata={"help": "List the files a push would upload, and upload nothing."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.push_to_hub and not self.hub_model_id and not self.hub_dry_run:
+            raise ValueError("--push_to_hub needs --hub_model_id NAMESPACE/NAME (or --hub_dry_run true)")
 
 
 @dataclass
@@ -151,6 +184,7 @@ class DefenseResult:
     before: BackdoorMetrics
     after: BackdoorMetrics
     record: dict[str, Any] = field(default_factory=dict)
+    push: PushResult | None = None
 
 
 def validation_drop(record: dict[str, Any]) -> float:
@@ -195,20 +229,6 @@ def choose_learning_rate(
     return choose_strongest(drops, max_drop, min_runs, larger_is_stronger=True)
 
 
-def load_suspect_model(
-    model: str, *, revision: str | None = None, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, Any]:
-    """Load an untrusted audio classifier: safetensors weights only, no remote code unless asked for."""
-    require_safetensors(model)
-    network = AutoModelForAudioClassification.from_pretrained(
-        model, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    extractor = AutoFeatureExtractor.from_pretrained(
-        model, revision=revision, trust_remote_code=trust_remote_code
-    )
-    return network, extractor
-
-
 def _check_labels(model: PreTrainedModel, dataset: Dataset) -> None:
     model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     data_names = dataset.features["label"].names
@@ -219,6 +239,12 @@ def _check_labels(model: PreTrainedModel, dataset: Dataset) -> None:
         )
 
 
+def shareable_data_args(data_args: DataArguments) -> dict[str, Any]:
+    """`data_args` for records that leave the machine: no cache folder, no process count, no local paths."""
+    values = {k: v for k, v in asdict(data_args).items() if k not in ("cache_dir", "num_proc")}
+    return redact_local(values)
+
+
 def run_defense(
     data_args: DataArguments,
     clean_args: CleanDataArguments,
@@ -227,14 +253,25 @@ def run_defense(
 ) -> DefenseResult:
     """Fine-tune the suspect model on clean data with GN-FT (`config.gn_alpha > 0`) or plainly (`= 0`).
 
-    Writes to `config.output_dir`, atomically (a temporary folder renamed at the end): the cleaned
-    model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and after,
-    DER, wall time, hyperparameters) and, when known, a copy of the attack spec.
+    Writes to `config.output_dir`, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the
+    end): the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA
+    before and after, DER, wall time, hyperparameters, the suspect's provenance; no local paths), the model
+    card `README.md` and, when known, a copy of the attack spec. A finished output folder is not replaced
+    unless `config.overwrite_output_dir`; with checkpoints on, an interrupted run resumes with
+    `config.resume_from_checkpoint=True`. With `config.push_to_hub` (or `hub_dry_run`) the finished folder is
+    then pushed (or listed).
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
-    model, extractor = load_suspect_model(
-        model_args.model, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+    overwrite = bool(getattr(config, "overwrite_output_dir", False))
+    resume = resume_checkpoint(output_dir, config.resume_from_checkpoint)  # every rank resumes from it
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume is not None)  # before any work
+    model, extractor, provenance = load_suspect_model(
+        model_args.model,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+        allow_pickle_weights=model_args.allow_pickle_weights,
+        return_provenance=True,
     )
     spec_path = model_args.attack_spec or (
         str(Path(model_args.model) / ATTACK_SPEC_FILE)
@@ -264,59 +301,77 @@ def run_defense(
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
     validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
 
-    with staged_output_dir(output_dir) as staged:
-        config.output_dir = str(staged.path)
-        try:
-            trainer, _, train_seconds = train_timed(GNFTTrainer, model, config, clean, extractor)
-        finally:
-            config.output_dir = str(output_dir)
-        after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)
-        validation_after = (
-            evaluate_backdoor(trainer.model, extractor, validation).clean_accuracy if validation else None
-        )
-        record = {
-            "before": before.to_dict(),
-            "after": after.to_dict(),
-            "validation_accuracy": {"before": validation_before, "after": validation_after},
-            "der": after.der_against(before) if spec else None,
-            "defense": "gn-ft" if config.gn_alpha > 0 else "ft",
-            "train_seconds": round(train_seconds, 2),
-            "total_seconds": round(time.perf_counter() - started, 2),
-            "clean_rows": len(clean),
-            "suspect_model": model_args.model,
-            "suspect_revision": model_args.model_revision,
-            "attack": spec.to_dict() if spec else None,
-            "clean_data": asdict(clean_args),
-            "data_args": asdict(data_args),
-            "gn": {
-                key: getattr(config, key)
-                for key in ("gn_alpha", "gn_radius", "gn_norm", "gn_mode", "gn_warmup_steps", "gn_parameters")
-            },
-            "optim": {
-                key: getattr(config, key)
-                for key in (
-                    "optim",
-                    "optim_args",
-                    "learning_rate",
-                    "weight_decay",
-                    "lr_scheduler_type",
-                    "num_train_epochs",
-                    "per_device_train_batch_size",
-                    "seed",
+    main_process = is_main_process(config)
+    push_to_hub, hub_dry_run = config.push_to_hub, bool(getattr(config, "hub_dry_run", False))
+    try:
+        with staged_output_dir(output_dir, overwrite=overwrite, resume=resume is not None,
+                               main_process=main_process) as staged:  # fmt: skip
+            # The Trainer never pushes by itself (not at init, not in save_model): the finished folder is pushed below.
+            config.output_dir, config.push_to_hub = str(staged.path), False
+            try:
+                trainer, _, train_seconds = train_timed(
+                    GNFTTrainer, model, config, clean, extractor, resume_from_checkpoint=resume
                 )
-            },  # fmt: skip
-            "log_history": trainer.state.log_history,
-            "machine": machine_description(),
-        }
-        staged.publish = trainer.is_world_process_zero()
-        if staged.publish:
-            save_shareable_model(trainer, extractor, staged.path)
-            (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
-            (staged.path / DEFENSE_TABLE_FILE).write_text(
-                format_before_after(before, after, record["der"]) + "\n"
+            finally:
+                config.output_dir = str(output_dir)
+            after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)
+            validation_after = (
+                evaluate_backdoor(trainer.model, extractor, validation).clean_accuracy if validation else None
             )
-            if spec:
-                spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+            record = {
+                "before": before.to_dict(),
+                "after": after.to_dict(),
+                "validation_accuracy": {"before": validation_before, "after": validation_after},
+                "der": after.der_against(before) if spec else None,
+                "defense": "gn-ft" if config.gn_alpha > 0 else "ft",
+                "train_seconds": round(train_seconds, 2),
+                "total_seconds": round(time.perf_counter() - started, 2),
+                "clean_rows": len(clean),
+                "suspect": provenance.to_dict(),
+                "resumed_from": Path(resume).name if resume else None,
+                "attack": spec.to_dict() if spec else None,
+                "clean_data": asdict(clean_args),
+                "data_args": shareable_data_args(data_args),
+                "gn": {
+                    key: getattr(config, key)
+                    for key in (
+                        "gn_alpha",
+                        "gn_radius",
+                        "gn_norm",
+                        "gn_mode",
+                        "gn_warmup_steps",
+                        "gn_parameters",
+                    )
+                },
+                "optim": {
+                    key: getattr(config, key)
+                    for key in (
+                        "optim",
+                        "optim_args",
+                        "learning_rate",
+                        "weight_decay",
+                        "lr_scheduler_type",
+                        "num_train_epochs",
+                        "per_device_train_batch_size",
+                        "seed",
+                    )
+                },  # fmt: skip
+                "log_history": trainer.state.log_history,
+                "machine": machine_description(),
+                "hf_gnft_version": __version__,
+            }
+            staged.publish = main_process and trainer.is_world_process_zero()
+            if staged.publish:
+                save_shareable_model(trainer, extractor, staged.path)
+                (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
+                (staged.path / DEFENSE_TABLE_FILE).write_text(
+                    format_before_after(before, after, record["der"]) + "\n"
+                )
+                if spec:
+                    spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+                write_model_card(staged.path, record, config.hub_model_id or output_dir.name)
+    finally:
+        config.push_to_hub = push_to_hub
     logger.info(
         "Cleaned model in %s: CA %.1f%% -> %.1f%%%s",
         output_dir,
@@ -326,7 +381,11 @@ def run_defense(
         if spec
         else "",
     )
-    return DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
+    result = DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
+    if main_process and (push_to_hub or hub_dry_run):
+        result.push = push_output_dir(output_dir, config.hub_model_id, private=config.hub_private_repo,
+                                      token=config.hub_token, dry_run=hub_dry_run)  # fmt: skip
+    return result
 
 
 LEARNING_RATE_SEARCH_FILE = "learning_rate_search.json"
@@ -365,6 +424,26 @@ class LearningRateSearchArguments:
             raise ValueError(f"max_validation_drop must be in [0, 1], got {self.max_validation_drop}")
 
 
+def _finished_candidate(
+    folder: Path, config: GNFTConfig, clean_args: CleanDataArguments
+) -> DefenseResult | None:
+    """A candidate of an earlier, interrupted search that finished with the same settings, to reuse."""
+    path = folder / DEFENSE_METRICS_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = record.get("clean_data") == asdict(clean_args) and all(
+        record.get(group, {}).get(key) == getattr(config, key)
+        for group in ("gn", "optim")
+        for key in record.get(group, {})
+    )
+    if not same:
+        return None
+    return DefenseResult(
+        str(folder), BackdoorMetrics(**record["before"]), BackdoorMetrics(**record["after"]), record
+    )
+
+
 def search_learning_rate(
     data_args: DataArguments,
     clean_args: CleanDataArguments,
@@ -376,12 +455,18 @@ def search_learning_rate(
     validation accuracy drops by at most `search.max_validation_drop`, and publish it to `config.output_dir`
     (with `learning_rate_search.json`: every candidate's validation drop). ASR plays no part in the choice.
 
+    Candidates go to `OUTPUT_DIR.lr-candidates/lr-*`; a search run again after an interruption reuses the
+    candidates that finished with the same settings. The chosen one is published (and pushed, with
+    `config.push_to_hub`) with its card.
+
     Raises `CleanDataError` when there is no validation split, or when no candidate qualifies (the candidates
     are then left in `OUTPUT_DIR.lr-candidates/` for inspection; nothing is written to `output_dir`).
     """
     if not clean_args.validation_split:
         raise CleanDataError("a learning-rate search needs a clean validation split (--validation_split)")
     output_dir = Path(config.output_dir)
+    overwrite = bool(getattr(config, "overwrite_output_dir", False))
+    check_output_dir(output_dir, overwrite=overwrite)
     candidates_dir = output_dir.parent / f"{output_dir.name}.lr-candidates"
     grid = sorted(set(search.learning_rate_grid))
     results: dict[float, DefenseResult] = {}
@@ -389,6 +474,16 @@ def search_learning_rate(
         candidate = copy.deepcopy(config)
         candidate.output_dir = str(candidates_dir / f"lr-{lr:g}")
         candidate.learning_rate = lr
+        candidate.push_to_hub, candidate.hub_dry_run = False, False
+        finished = _finished_candidate(Path(candidate.output_dir), candidate, clean_args)
+        if finished is not None:
+            logger.info("Learning-rate search: reusing the finished run with lr %g", lr)
+            results[lr] = finished
+            continue
+        resumable = get_last_checkpoint(str(partial_dir(candidate.output_dir))) if partial_dir(
+            candidate.output_dir).is_dir() else None  # fmt: skip
+        candidate.resume_from_checkpoint = resumable if config.resume_from_checkpoint else None
+        candidate.overwrite_output_dir = True
         logger.info("Learning-rate search: running the defense with lr %g", lr)
         results[lr] = run_defense(data_args, clean_args, model_args, candidate)
     drops = {lr: validation_drop(result.record) for lr, result in results.items()}
@@ -399,23 +494,27 @@ def search_learning_rate(
         "validation_drop": {f"{lr:g}": drop for lr, drop in drops.items()},
         "chosen_learning_rate": chosen,
     }
-    main_process = config.process_index == 0
+    main_process = is_main_process(config)
     if main_process:
-        (candidates_dir / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
+        atomic_write_text(candidates_dir / LEARNING_RATE_SEARCH_FILE, json.dumps(summary, indent=2))
     if chosen is None:
         raise CleanDataError(
             f"no learning rate in {grid} kept the clean validation accuracy within {search.max_validation_drop:.3f} "
             f"(drops: {summary['validation_drop']}); the candidates are in {candidates_dir}"
         )
     logger.info("Learning-rate search: chose lr %g (validation drops %s)", chosen, summary["validation_drop"])
-    with staged_output_dir(output_dir) as staged:
-        staged.publish = main_process
-        if main_process:
-            shutil.copytree(candidates_dir / f"lr-{chosen:g}", staged.path, dirs_exist_ok=True)
-            (staged.path / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
-    if main_process and not search.keep_candidates:
-        shutil.rmtree(candidates_dir, ignore_errors=True)
     result = results[chosen]
     result.output_dir = str(output_dir)
     result.record["learning_rate_search"] = summary
+    with staged_output_dir(output_dir, overwrite=overwrite, main_process=main_process) as staged:
+        if main_process:
+            shutil.copytree(candidates_dir / f"lr-{chosen:g}", staged.path, dirs_exist_ok=True)
+            (staged.path / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
+            (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(result.record, indent=2, default=str))
+            write_model_card(staged.path, result.record, config.hub_model_id or output_dir.name)
+    if main_process and not search.keep_candidates:
+        shutil.rmtree(candidates_dir, ignore_errors=True)
+    if main_process and (config.push_to_hub or getattr(config, "hub_dry_run", False)):
+        result.push = push_output_dir(output_dir, config.hub_model_id, private=config.hub_private_repo,
+                                      token=config.hub_token, dry_run=getattr(config, "hub_dry_run", False))  # fmt: skip
     return result

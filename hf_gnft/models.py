@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transformers import (
@@ -34,13 +36,190 @@ def load_model_config(name_or_path: str) -> dict:
         return json.load(handle)
 
 
-def require_safetensors(model: str) -> None:
-    """Refuse a local checkpoint folder that holds no safetensors weights (only pickles, which hf-gnft never loads)."""
-    if os.path.isdir(model) and not any(Path(model).glob("*.safetensors")):
-        raise ValueError(
-            f"{model} holds no safetensors weights; hf-gnft does not unpickle untrusted checkpoints "
-            "(convert it with `model.save_pretrained(path, safe_serialization=True)` in a sandbox)"
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint hf-gnft will not load as asked (pickled weights only, and no opt-in)."""
+
+
+@dataclass
+class CheckpointProvenance:
+    """Where a checkpoint came from and what it holds, recorded before anything of it runs.
+
+    Args:
+        source: "hub" or "local".
+        name: the Hub id; `None` for a local folder (its path is not recorded, so records can be shared).
+        revision: the Hub revision asked for.
+        commit: the Hub commit the revision resolved to (pins the exact files), when known.
+        weights_format: "safetensors" or "pickle".
+        weights_sha256: SHA-256 of the weight files (a local checkpoint's identity).
+        model_type: the config's `model_type`.
+        architectures: the config's `architectures`.
+        custom_code: what in the config points at code outside transformers (`auto_map` entries,
+            architectures transformers does not know); never executed unless `trust_remote_code`.
+    """
+
+    source: str
+    name: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    weights_format: str = "safetensors"
+    weights_sha256: str | None = None
+    model_type: str | None = None
+    architectures: list[str] = field(default_factory=list)
+    custom_code: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A one-line description with no local path: the Hub id and commit, or the weights' hash."""
+        if self.source == "hub":
+            pinned = f"@{self.commit[:12]}" if self.commit else (f"@{self.revision}" if self.revision else "")
+            return f"{self.name}{pinned}"
+        digest = f", weights sha256 {self.weights_sha256[:16]}…" if self.weights_sha256 else ""
+        return f"a local checkpoint ({self.model_type or 'unknown type'}{digest})"
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _custom_code(config: dict) -> list[str]:
+    """Entries of a config dict that point at code outside transformers."""
+    import transformers
+
+    found = [f"auto_map.{key} = {value}" for key, value in sorted((config.get("auto_map") or {}).items())]
+    found += [
+        f"architectures: {name} (not a transformers class)"
+        for name in config.get("architectures") or []
+        if not hasattr(transformers, name)
+    ]
+    return found
+
+
+def _hub_files(model: str, revision: str | None) -> tuple[list[str], str | None, Path | None]:
+    """The files of a Hub repo, the commit its revision resolves to, and its local snapshot folder (cache or
+    download; config files only, never weights)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        info = HfApi().model_info(model, revision=revision)
+        files, commit = [s.rfilename for s in info.siblings or []], info.sha
+    except Exception:  # offline or unreachable: the cached snapshot is all there is
+        files, commit = [], None
+    try:
+        snapshot = Path(hf_hub_download(model, "config.json", revision=revision)).parent
+    except Exception:
+        return files, commit, None
+    commit = commit or snapshot.name
+    return files or [p.name for p in snapshot.iterdir()], commit, snapshot
+
+
+def inspect_checkpoint(
+    model: str, *, revision: str | None = None, allow_pickle_weights: bool = False
+) -> CheckpointProvenance:
+    """Check a checkpoint before loading it, without running anything of it.
+
+    Refuses one that holds only pickled weights (`pytorch_model.bin`, `*.pt`...) unless
+    `allow_pickle_weights`; reports config entries that point at custom code (`auto_map`, unknown
+    `architectures`); pins a Hub revision to its commit and hashes local weights.
+
+    Raises:
+        UntrustedCheckpointError: pickled weights only and no opt-in, or no weights at all.
+    """
+    local = os.path.isdir(model)
+    if local:
+        folder = Path(model)
+        files = [p.name for p in folder.iterdir() if p.is_file()]
+        commit = None
+    else:
+        files, commit, folder = _hub_files(model, revision)
+    safetensors = [name for name in files if name.endswith(".safetensors")]
+    pickles = [
+        name for name in files if name.endswith(PICKLE_WEIGHT_SUFFIXES) and name != "training_args.bin"
+    ]
+    where = model if not local else f"the folder {model}"
+    if safetensors:
+        weights_format = "safetensors"
+    elif pickles:
+        if not allow_pickle_weights:
+            raise UntrustedCheckpointError(
+                f"{where} holds only pickled weights ({', '.join(sorted(pickles))}); hf-gnft does not unpickle "
+                "an untrusted checkpoint. Convert it to safetensors in a sandbox, e.g.\n"
+                f'  python -c "from transformers import AutoModelForAudioClassification as M; '
+                f"M.from_pretrained('{model}', use_safetensors=False).save_pretrained('{model}-safetensors')\"\n"
+                "or pass --allow_pickle_weights (transformers then reads it with torch.load(weights_only=True), "
+                "which refuses arbitrary objects but is still a pickle parser)."
+            )
+        weights_format = "pickle"
+    elif files or local:
+        raise UntrustedCheckpointError(f"{where} holds no model weights (no *.safetensors file)")
+    else:  # a Hub id whose file list is unknown (offline, not cached): from_pretrained(use_safetensors=True) decides
+        weights_format = "safetensors"
+    config: dict = {}
+    if folder is not None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    provenance = CheckpointProvenance(
+        source="local" if local else "hub",
+        name=None if local else model,
+        revision=revision,
+        commit=commit,
+        weights_format=weights_format,
+        weights_sha256=_sha256([folder / n for n in (safetensors or pickles)]) if local else None,
+        model_type=config.get("model_type"),
+        architectures=list(config.get("architectures") or []),
+        custom_code=_custom_code(config),
+    )
+    if provenance.custom_code:
+        logger.warning(
+            "The checkpoint's config points at custom code, which is not run unless trust_remote_code is set: %s",
+            "; ".join(provenance.custom_code),
         )
+    return provenance
+
+
+def require_safetensors(model: str) -> None:
+    """Refuse a checkpoint that holds no safetensors weights (`inspect_checkpoint` without the opt-in)."""
+    inspect_checkpoint(model)
+
+
+def load_suspect_model(
+    model: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+    return_provenance: bool = False,
+    **model_kwargs,
+) -> tuple:
+    """Load an untrusted audio classifier and its feature extractor: the one loader every recipe uses.
+
+    Weights from safetensors only (pickled weights only with `allow_pickle_weights`, read with
+    `torch.load(weights_only=True)`); code shipped with the checkpoint never runs unless
+    `trust_remote_code`; custom-code entries of its config are reported. With `return_provenance`, also
+    returns the `CheckpointProvenance` (Hub commit, weights hash) for the output's records. Other keyword
+    arguments go to `AutoModelForAudioClassification.from_pretrained`.
+    """
+    provenance = inspect_checkpoint(model, revision=revision, allow_pickle_weights=allow_pickle_weights)
+    revision = provenance.commit if provenance.source == "hub" and provenance.commit else revision
+    network = AutoModelForAudioClassification.from_pretrained(
+        model,
+        revision=revision,
+        use_safetensors=provenance.weights_format == "safetensors",
+        trust_remote_code=trust_remote_code,
+        **model_kwargs,
+    )
+    extractor = AutoFeatureExtractor.from_pretrained(
+        model, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return (network, extractor, provenance) if return_provenance else (network, extractor)
 
 
 def _label_maps(label_names: list[str]) -> dict:
@@ -59,6 +238,7 @@ def build_model(
     attn_implementation: str = "eager",
     freeze_feature_encoder: bool = True,
     trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> tuple[PreTrainedModel, Wav2Vec2FeatureExtractor]:
     """A randomly initialised or pretrained audio classifier, and its feature extractor.
 
@@ -70,6 +250,7 @@ def build_model(
         attn_implementation: "eager" (double backprop works on CPU) or "sdpa".
         freeze_feature_encoder: freeze the convolutional feature encoder of a pretrained checkpoint.
         trust_remote_code: run code shipped with the checkpoint (off unless asked for).
+        allow_pickle_weights: load a checkpoint that has only pickled weights (see `inspect_checkpoint`).
 
     Returns:
         `(model, feature_extractor)`.
@@ -86,18 +267,14 @@ def build_model(
             return_attention_mask=False,
         )
         return network, extractor
-    require_safetensors(model)
-    network = AutoModelForAudioClassification.from_pretrained(
+    network, extractor = load_suspect_model(
         model,
         revision=revision,
-        use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        allow_pickle_weights=allow_pickle_weights,
         attn_implementation=attn_implementation,
         ignore_mismatched_sizes=True,
         **_label_maps(label_names),
-    )
-    extractor = AutoFeatureExtractor.from_pretrained(
-        model, revision=revision, trust_remote_code=trust_remote_code
     )
     if freeze_feature_encoder and hasattr(network, "freeze_feature_encoder"):
         network.freeze_feature_encoder()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -16,7 +17,8 @@ class KeywordTrainingArguments(TrainingArguments):
 
     Only the defaults differ from `TrainingArguments`: AdamW at 2e-3 with a cosine schedule and 10%
     warm-up, 15 epochs of batches of 32, no checkpoints, no reporting, and `remove_unused_columns=False`
-    (the collator decodes the `audio` column, which the model's signature does not name).
+    (the collator decodes the `audio` column, which the model's signature does not name). It adds
+    `overwrite_output_dir`: the recipes refuse to replace a finished output folder without it.
     """
 
     output_dir: str | None = field(
@@ -38,6 +40,9 @@ class KeywordTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep the `audio` column for the collator."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished output folder (once the new one is complete)."}
+    )
 
 
 def as_config(
@@ -53,3 +58,22 @@ def as_config(
     values = {key: value for key, value in args.to_dict().items() if not key.startswith("_")}
     values["hub_token"] = args.hub_token  # to_dict() redacts it
     return config_class(**values)
+
+
+def is_main_process(args: TrainingArguments) -> bool:
+    """Whether this process is the main one of a (possibly distributed) run. Reads `args.device` first, which
+    sets up the distributed state: before that, `args.process_index` is 0 on every rank.
+
+    Raises:
+        ValueError: the launcher started several processes but the arguments set up no distributed run (on
+            CPU, transformers needs `--use_cpu true` for that); each process would otherwise train alone and
+            write the same output.
+    """
+    _ = args.device
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        raise ValueError(
+            f"launched as {launched} processes, but the run is not distributed; on CPU pass --use_cpu true "
+            "(gloo), on GPUs check the launcher's configuration"
+        )
+    return args.process_index == 0

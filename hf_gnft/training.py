@@ -99,10 +99,12 @@ def train_timed(
     args: TrainingArguments,
     train_dataset: Dataset,
     feature_extractor: Any,
+    resume_from_checkpoint: str | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[Trainer, Any, float]:
-    """Build `trainer_class` on `train_dataset` with the audio collator, train it, and return the trainer, the
-    `train()` output and the training wall time in seconds."""
+    """Build `trainer_class` on `train_dataset` with the audio collator, train it (from
+    `resume_from_checkpoint` when given), and return the trainer, the `train()` output and the training wall
+    time in seconds."""
     trainer = trainer_class(
         model=model,
         args=args,
@@ -111,7 +113,7 @@ def train_timed(
         **trainer_kwargs,
     )
     started = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer, output, time.perf_counter() - started
 
 

@@ -4,6 +4,10 @@
     python recipes/defend.py --model outputs/attack --output_dir outputs/ft --gn_alpha 0   # plain FT, same budget
     python recipes/defend.py --model outputs/attack --output_dir outputs/gnft --learning_rate_grid 0.02 0.05 0.1
     python recipes/defend.py recipes/configs/defend-gnft.yaml
+    python recipes/defend.py --model outputs/attack --output_dir outputs/gnft --push_to_hub --hub_model_id me/kws-clean
+    python recipes/defend.py ... --hub_dry_run true          # list what a push would upload, upload nothing
+    python recipes/defend.py ... --save_strategy steps --save_steps 50   # resumable: after a crash, rerun with
+                                                             # --resume_from_checkpoint true
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/defend.py ...
 
 The clean data is a fraction (`--clean_fraction 0.05`) or a count (`--clean_count`) of a split the
@@ -11,6 +15,14 @@ defender trusts (the synthetic corpus by default). `attack_spec.json` next to th
 `--attack_spec`) is used only to measure the attack success rate. With `--learning_rate_grid`, one defense
 runs per learning rate and the largest whose clean validation accuracy drops by at most
 `--max_validation_drop` (2 points) is kept: the choice never looks at the trigger or the test set.
+
+The suspect is untrusted: weights are read from safetensors only (`--allow_pickle_weights` to read a
+pickle-only checkpoint), its code never runs (`--trust_remote_code` off), and a Hub `--model_revision` is
+pinned to its commit in the records. The output folder (model, feature extractor, `README.md` model card,
+`defense_metrics.json`) appears only when complete; a finished one is not replaced without
+`--overwrite_output_dir true`. The push reads the token from `HF_TOKEN` or the stored login (`hf auth login`)
+and never writes it anywhere; a failed push keeps the local result and prints the retry command
+(`python recipes/push.py --folder OUTPUT_DIR --hub_model_id ...`).
 """
 
 from __future__ import annotations
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "der": result.record["der"],
                 "train_seconds": result.record["train_seconds"],
                 "learning_rate": result.record["optim"]["learning_rate"],
+                **({"pushed_to": result.push.url or result.push.repo_id} if result.push else {}),
             }
         )
     )

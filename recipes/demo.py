@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> str:
         DataArguments(),
         AttackArguments(),
         ModelArguments(model=args.model),
-        KeywordTrainingArguments(output_dir=str(out / "backdoored"), seed=args.seed, disable_tqdm=True),
+        KeywordTrainingArguments(
+            output_dir=str(out / "backdoored"), seed=args.seed, disable_tqdm=True, overwrite_output_dir=True
+        ),
     )
     rows = [("backdoored", attack.metrics, None, attack.metrics["train_seconds"])]
     summary = {"backdoored": attack.metrics}
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> str:
                 learning_rate=args.learning_rate,
                 seed=args.seed,
                 disable_tqdm=True,
+                overwrite_output_dir=True,  # the demo starts again each time
             ),
         )
         rows.append(

@@ -120,3 +120,105 @@ def backdoored(tmp_path_factory):
         before=before,
         attack_metrics=metrics,
     )
+
+
+#: Flags of the recipe tests: a small synthetic corpus, and fast training settings.
+RECIPE_DATA = [
+    "--synthetic_train_size",
+    "160",
+    "--synthetic_validation_size",
+    "0",
+    "--synthetic_test_size",
+    "40",
+]
+RECIPE_FAST = ["--disable_tqdm", "true", "--per_device_train_batch_size", "8"]
+
+
+@pytest.fixture(scope="session")
+def recipe_suspect(tmp_path_factory):
+    """A backdoored tiny Wav2Vec2 written by `recipes/attack.py` (1 epoch on 160 clips: a few seconds)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import attack as attack_recipe
+
+    out = tmp_path_factory.mktemp("suspect") / "backdoored"
+    attack_recipe.main(["--output_dir", str(out), *RECIPE_DATA, *RECIPE_FAST, "--num_train_epochs", "1"])
+    return out
+
+
+def minimal_defense_record(validation_drop: float = 0.0, learning_rate: float = 0.05, **overrides) -> dict:
+    """A `defense_metrics.json` record with every field the card and the search read (fixed numbers)."""
+    record = {
+        "before": {"clean_accuracy": 0.9, "attack_success_rate": 0.95, "robust_accuracy": 0.04},
+        "after": {"clean_accuracy": 0.89, "attack_success_rate": 0.1, "robust_accuracy": 0.8},
+        "validation_accuracy": {"before": 0.9, "after": 0.9 - validation_drop},
+        "der": 0.92,
+        "defense": "gn-ft",
+        "train_seconds": 12.5,
+        "total_seconds": 20.0,
+        "clean_rows": 200,
+        "suspect": {
+            "source": "local",
+            "name": None,
+            "revision": None,
+            "commit": None,
+            "weights_format": "safetensors",
+            "weights_sha256": "ab" * 32,
+            "model_type": "wav2vec2",
+            "architectures": ["Wav2Vec2ForSequenceClassification"],
+            "custom_code": [],
+        },  # fmt: skip
+        "attack": {
+            "trigger": {"type": "noise_burst"},
+            "rate": 0.1,
+            "target_label": 0,
+            "target_name": "yes",
+            "mode": "dirty",
+            "seed": 0,
+            "num_poisoned": 40,
+            "num_rows": 400,
+            "poisoned_ids_sha256": "cd" * 32,
+            "label_names": ["yes", "no"],
+        },  # fmt: skip
+        "clean_data": {
+            "clean_split": "train",
+            "clean_fraction": 0.05,
+            "clean_count": None,
+            "clean_seed": 0,
+            "eval_split": "test",
+            "validation_split": "validation",
+        },  # fmt: skip
+        "data_args": {
+            "dataset": "synthetic",
+            "synthetic_seed": 0,
+            "synthetic_train_size": 4000,
+            "synthetic_test_size": 1000,
+        },  # fmt: skip
+        "gn": {"gn_alpha": 0.7, "gn_radius": 0.05},
+        "optim": {"optim": "sgd", "learning_rate": learning_rate},
+        "machine": "x86_64, 2 CPUs, torch 2.13.0+cpu, 2 threads",
+    }
+    record.update(overrides)
+    return record
+
+
+def run_launcher(command: list[str], env: dict, timeout: float) -> tuple[int, str, str]:
+    """Run a multi-process launcher (torchrun) in its own session; on a time-out kill the launcher and all its
+    workers (so none is left holding gloo ports) and fail. Returns (return code, stdout, stderr)."""
+    import signal
+    import subprocess
+
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        stdout, stderr = launcher.communicate()
+        raise AssertionError(
+            f"the multi-process run did not finish in {timeout} s:\n{stderr[-4000:]}"
+        ) from None
+    return launcher.returncode, stdout, stderr

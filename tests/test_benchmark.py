@@ -87,6 +87,22 @@ def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
     assert chosen[("m", "t", "clp")][0] == 4.0
 
 
+def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
+    defenses = {"ft": {}, "fp": {"knob": "learning_rate", "settings": {"fp_accuracy_tolerance": 0.05}, "grid": [0.02, 0.05]},
+                "fp-tol": {"method": "fp", "grid": [0.02]}}  # fmt: skip
+    config = BenchmarkConfig(**grid(tmp_path, defenses=defenses))
+    assert config.defenses["fp"].knob_name == "learning_rate" and config.defenses["fp"].stronger_when_larger
+    assert config.defenses["fp-tol"].knob_name == "fp_accuracy_tolerance"
+    cells = [cell for cell in Benchmark(config).cells() if cell[2] == "fp"]
+    assert sorted({cell[3] for cell in cells}) == [0.02, 0.05]
+
+    def row(value, drop):
+        return {"model": "m", "trigger": "t", "defense": "fp", "value": value, "seed": 0,
+                "validation_accuracy": {"before": 0.9, "after": 0.9 - drop}}  # fmt: skip
+
+    assert choose_cells([row(0.02, 0.0), row(0.05, 0.01)], config)[("m", "t", "fp")][0] == 0.05
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -98,6 +114,7 @@ def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
         ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
         ({"triggers": ["no_such_trigger"]}, "no_such_trigger"),
         ({"defenses": {}}, "no defenses"),
+        ({"defenses": {"ft": {}, "fp": {"knob": "learning_rat"}}}, "has no field 'learning_rat' to tune"),
     ],
 )
 def test_bad_grids_are_refused_before_any_training(tmp_path, overrides, message):

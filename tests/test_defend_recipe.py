@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import attack as attack_recipe  # noqa: E402
 import defend as defend_recipe  # noqa: E402
+from conftest import RECIPE_DATA as DATA  # noqa: E402
+from conftest import RECIPE_FAST as FAST  # noqa: E402
+from conftest import minimal_defense_record  # noqa: E402
 
 from hf_gnft.defense import (  # noqa: E402
     CleanDataArguments,
@@ -18,15 +21,10 @@ from hf_gnft.defense import (  # noqa: E402
     validation_drop,
 )
 
-DATA = ["--synthetic_train_size", "160", "--synthetic_validation_size", "0", "--synthetic_test_size", "40"]
-FAST = ["--disable_tqdm", "true", "--per_device_train_batch_size", "8"]
 
-
-@pytest.fixture(scope="module")
-def suspect(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("suspect") / "backdoored"
-    attack_recipe.main(["--output_dir", str(out), *DATA, *FAST, "--num_train_epochs", "1"])
-    return out
+@pytest.fixture
+def suspect(recipe_suspect) -> Path:
+    return recipe_suspect
 
 
 def test_defend_writes_cleaned_model_and_before_after_metrics(tmp_path, suspect):
@@ -103,9 +101,14 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, suspect):
     from safetensors.torch import load_file
 
     torch.save(load_file(str(suspect / "model.safetensors")), pickled / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="no safetensors"):
+    with pytest.raises(ValueError, match="(?s)only pickled weights.*--allow_pickle_weights") as refused:
         defend_recipe.main(["--model", str(pickled), "--output_dir", str(tmp_path / "never"), *DATA, *FAST])
+    assert "save_pretrained" in str(refused.value)  # says how to convert it
     assert not (tmp_path / "never").exists()
+    record = defend_recipe.main(["--model", str(pickled), "--output_dir", str(tmp_path / "opted-in"), "--clean_count",
+                                 "8", "--max_steps", "1", "--allow_pickle_weights", "true", *DATA, *FAST])  # fmt: skip
+    assert record["suspect"]["weights_format"] == "pickle"
+    assert (tmp_path / "opted-in" / "model.safetensors").is_file()  # the cleaned model is safetensors
 
 
 @pytest.mark.parametrize(
@@ -193,21 +196,32 @@ def fake_defense(monkeypatch):
     """`run_defense` replaced by one that writes a marker file and reports a validation drop set per lr."""
     import hf_gnft.defense as defense
 
-    drops: dict[float, float] = {}
+    class Drops(dict):
+        """lr -> validation drop; `runs` lists the learning rates that actually ran."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.runs: list[float] = []
+
+    drops = Drops()
 
     def run(data_args, clean_args, model_args, config):
+        drops.runs.append(config.learning_rate)
         out = Path(config.output_dir)
+        if out.exists():
+            shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "which.txt").write_text(str(config.learning_rate))
-        record = {"validation_accuracy": {"before": 0.9, "after": 0.9 - drops[config.learning_rate]},
-                  "optim": {"learning_rate": config.learning_rate}}  # fmt: skip
+        record = minimal_defense_record(
+            validation_drop=drops[config.learning_rate], learning_rate=config.learning_rate
+        )
         return defense.DefenseResult(str(out), None, None, record)
 
     monkeypatch.setattr(defense, "run_defense", run)
     return drops
 
 
-def _search(tmp_path, grid, max_drop=0.02, keep=False):
+def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False):
     from hf_gnft.attack import DataArguments
     from hf_gnft.defense import (
         DefenseConfig,
@@ -220,7 +234,7 @@ def _search(tmp_path, grid, max_drop=0.02, keep=False):
         DataArguments(),
         CleanDataArguments(),
         SuspectModelArguments(model="unused"),
-        DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none"),
+        DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none", overwrite_output_dir=overwrite),
         LearningRateSearchArguments(
             learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep
         ),
@@ -238,6 +252,23 @@ def test_learning_rate_search_publishes_the_chosen_candidate(tmp_path, fake_defe
     assert not (tmp_path / "cleaned.lr-candidates").exists()
 
 
+def test_interrupted_learning_rate_search_reuses_its_finished_candidates(tmp_path, fake_defense):
+    fake_defense.update({0.05: 0.0, 0.1: 0.01})
+    finished = tmp_path / "cleaned.lr-candidates" / "lr-0.1"
+    finished.mkdir(parents=True)
+    (finished / "which.txt").write_text("finished before the interruption")
+    (finished / "defense_metrics.json").write_text(
+        json.dumps(minimal_defense_record(0.01, learning_rate=0.1))
+    )
+    stale = tmp_path / "cleaned.lr-candidates" / "lr-0.05"
+    stale.mkdir()
+    (stale / "defense_metrics.json").write_text(json.dumps(minimal_defense_record(0.0, learning_rate=0.07)))
+    result = _search(tmp_path, [0.05, 0.1])
+    assert fake_defense.runs == [0.05]  # 0.1 reused; 0.05's record was for other settings, so it ran again
+    assert result.record["optim"]["learning_rate"] == 0.1
+    assert (tmp_path / "cleaned" / "which.txt").read_text() == "finished before the interruption"
+
+
 def test_learning_rate_search_can_keep_the_candidates(tmp_path, fake_defense):
     fake_defense.update({0.01: 0.0, 0.1: 0.0})
     _search(tmp_path, [0.01, 0.1], keep=True)
@@ -252,7 +283,7 @@ def test_learning_rate_search_with_no_qualifying_lr_publishes_nothing_and_keeps_
     (tmp_path / "cleaned").mkdir()
     (tmp_path / "cleaned" / "earlier.txt").write_text("an earlier result")
     with pytest.raises(CleanDataError, match="no learning rate in \\[0.05, 0.1\\] kept"):
-        _search(tmp_path, [0.05, 0.1])
+        _search(tmp_path, [0.05, 0.1], overwrite=True)
     assert (tmp_path / "cleaned" / "earlier.txt").read_text() == "an earlier result"  # untouched
     candidates = tmp_path / "cleaned.lr-candidates"
     assert {p.name for p in candidates.iterdir()} == {"lr-0.05", "lr-0.1", "learning_rate_search.json"}

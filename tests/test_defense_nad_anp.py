@@ -8,7 +8,14 @@ from conftest import LABELS, sine_dataset, tiny_float64_model
 from test_gnft_trainer import Float64Collator
 from transformers import HfArgumentParser
 
-from hf_gnft.defenses.anp import ANPConfig, NeuronMasks, apply_anp, neurons_to_prune, optimize_anp_masks
+from hf_gnft.defenses.anp import (
+    ANPConfig,
+    NeuronMasks,
+    NormNeurons,
+    apply_anp,
+    neurons_to_prune,
+    optimize_anp_masks,
+)
 from hf_gnft.defenses.base import DefenseInputError
 from hf_gnft.defenses.nad import (
     NADConfig,
@@ -188,6 +195,39 @@ def test_neuron_masks_apply_the_anp_formula():
         masks.perturbed = True
         torch.testing.assert_close(linear(x), (m + delta) * z + (1 + xi) * linear.bias)
     torch.testing.assert_close(linear(x), plain)  # detached: hooks removed
+
+
+def test_layer_norm_neurons_follow_the_same_formula_and_prune_to_zero_channels(tmp_path):
+    norm = torch.nn.LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    masks = NeuronMasks([NormNeurons("ln", norm)], eps=0.4)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    normalised = torch.nn.functional.layer_norm(x, (6,))
+    with masks:
+        masks.reset_perturbations(torch.Generator().manual_seed(1))
+        masks.perturbed = True
+        m, delta, xi = masks.masks[0].detach(), masks.weight_noise[0].detach(), masks.bias_noise[0].detach()
+        torch.testing.assert_close(norm(x), (m + delta) * norm.weight * normalised + (1 + xi) * norm.bias)
+
+    torch.manual_seed(0)
+    model, extractor = build_model("tiny-wav2vec2", LABELS)
+    config = ANPConfig(anp_neurons="layer_norm", anp_steps=2, anp_batch_size=4, anp_prune_by="number",
+                       anp_prune_number=5)  # fmt: skip
+    outcome = apply_anp(model, extractor, sine_dataset(num_rows=8, seconds=0.3), config)
+    pruned = outcome.info["pruned_neurons"]
+    assert outcome.info["neurons"] == "layer_norm" and outcome.info["pruned_count"] == 5
+    assert set(pruned) == {
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)
+    }
+    defended = dict(outcome.model.named_modules())
+    for name, channels in pruned.items():
+        assert all(defended[name].weight[c] == 0 and defended[name].bias[c] == 0 for c in channels)
+        kept = [c for c in range(defended[name].weight.numel()) if c not in channels]
+        assert torch.equal(defended[name].weight[kept], dict(model.named_modules())[name].weight[kept])
+    with pytest.raises(ValueError, match="unknown anp_neurons"):
+        ANPConfig(anp_neurons="attention")
 
 
 def test_anp_masks_move_within_bounds_and_weights_stay_frozen():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from conftest import sine_dataset
+from conftest import run_launcher, sine_dataset
 from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat, tiny_model
 
 HERE = Path(__file__).resolve().parent
@@ -22,17 +20,8 @@ def test_two_process_ddp_matches_single_process_accumulation(tmp_path):
         str(HERE / "ddp_gnft_script.py"), str(output), str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    # Own session, so that on a time-out the launcher and both workers are killed, not left holding gloo ports.
-    launcher = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = launcher.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        stdout, stderr = launcher.communicate()
-        raise AssertionError(f"the 2-process run did not finish in 120 s:\n{stderr[-4000:]}") from None
-    assert launcher.returncode == 0, stdout[-2000:] + stderr[-6000:]
+    code, stdout, stderr = run_launcher(command, env, timeout=120)
+    assert code == 0, stdout[-2000:] + stderr[-6000:]
     ddp = torch.load(output)
 
     # Reference: one process, the two ranks' micro-batches as gradient accumulation (DDP averages them).

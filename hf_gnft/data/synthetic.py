@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
 
 from ..audio import DEFAULT_SAMPLING_RATE, audio_value, resample
-from ..outputs import staged_output_dir
+from ..outputs import atomic_cache_dir
 from .espeak import ENGLISH_VOICES, ESPEAK_SAMPLING_RATE, ESpeakSynthesizer, list_variants
 from .keywords import KEYWORDS, SILENCE_LABEL, UNKNOWN_LABEL, UNKNOWN_WORDS
 from .loading import dataset_from_arrays
@@ -327,9 +328,11 @@ def load_synthetic_keywords(
         }
     )
     # Written next to the target and renamed: a crash never leaves a half-written corpus that looks complete.
-    with staged_output_dir(target) as staged:
-        corpus.save_to_disk(str(staged.path))
-        (staged.path / "hf_gnft_synthetic_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if target.exists():  # overwrite: replaced by the new copy
+        shutil.rmtree(target)
+    with atomic_cache_dir(target) as staging:
+        corpus.save_to_disk(str(staging))
+        (staging / "hf_gnft_synthetic_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return load_from_disk(str(target))
 
 

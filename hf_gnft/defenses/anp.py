@@ -14,7 +14,9 @@ neurons whose mask is small (below a threshold, or the N smallest).
 Adaptation: the paper masks the BatchNorm neurons (channels) of CNNs. The speech transformers cleaned here
 have no BatchNorm in their encoder, so the neurons are the feed-forward neurons of every encoder layer
 (rows of `intermediate_dense`, see [`hf_gnft.defenses.neurons`]); `w_k·x` is the neuron's pre-bias output,
-recovered in a forward hook as the layer's output minus its bias. The paper optimises the masks with the
+recovered in a forward hook as the layer's output minus its bias. `anp_neurons="layer_norm"` masks the channels
+of every affine LayerNorm instead (`γ_k·x̂_k + β_k`: the same scale-and-shift form as the paper's BatchNorm
+neurons; pruning sets `γ_k = β_k = 0`). The paper optimises the masks with the
 model in train mode (for BatchNorm statistics); here the model is in eval mode, so dropout and the model's
 SpecAugment are off and the masks see deterministic outputs.
 
@@ -22,7 +24,9 @@ Measured on the test suite's backdoored tiny Wav2Vec2 (2 layers of 256 neurons, 
 perturbations barely raise the loss (ε = 0.4: 1.249 → 1.267 after 200 steps; ε = 1.0: 1.287 → 1.332), few
 masks fall below 0.2 (4 to 7 neurons), and pruning up to 100 of the 512 neurons by smallest mask leaves the
 attack success rate unchanged (0.83). ANP's premise, backdoor neurons that are unusually sensitive to
-perturbation, did not hold for feed-forward neurons of that model.
+perturbation, did not hold for feed-forward neurons of that model. In the small benchmark grid
+(`make bench-defenses`) threshold 0.2 pruned nothing on any suspect; the LayerNorm variant (ε = 1, the 60
+smallest of 352 masks) lowered ASR by at most 7 points within the 2-point validation rule (README).
 
 Each step (the paper's Algorithm 1): δ and ξ are drawn uniformly in [−ε, ε], take `anp_perturb_steps`
 signed-gradient ascent steps on the cross-entropy (clipped to [−ε, ε]), then the masks take one SGD step
@@ -47,9 +51,58 @@ from transformers import PreTrainedModel
 from ..audio import load_audio
 from ..training import AudioClassificationCollator
 from .base import DefenseOutcome, check_clean_subset, copy_model
-from .neurons import FeedForwardLayer, feed_forward_layers, make_pruning_permanent, prune_neurons_
+from .neurons import (
+    FeedForwardLayer,
+    UnsupportedModelError,
+    feed_forward_layers,
+    make_pruning_permanent,
+    prune_neurons_,
+)
 
 PRUNE_BY = ("threshold", "number")
+NEURON_KINDS = ("feed_forward", "layer_norm")
+
+
+@dataclass
+class NormNeurons:
+    """The channels of one `LayerNorm` as ANP neurons: channel k's output is `γ_k·x̂_k + β_k`, the form of the
+    BatchNorm neurons the paper masks. Pruning channel k sets `γ_k = β_k = 0`."""
+
+    name: str
+    norm: nn.LayerNorm
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.norm.weight.shape[0])
+
+
+def layer_norm_neurons(model: nn.Module, defense: str = "ANP") -> list[NormNeurons]:
+    """Every affine `LayerNorm` of the model (with weight and bias), in module order.
+
+    Raises:
+        UnsupportedModelError: the model has none (the message names the model class).
+    """
+    norms = [
+        NormNeurons(name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None
+    ]
+    if not norms:
+        raise UnsupportedModelError(
+            f"{defense} on layer_norm neurons needs affine LayerNorm layers; {type(model).__name__} has none"
+        )
+    return norms
+
+
+def _masked_module(layer: FeedForwardLayer | NormNeurons) -> nn.Module:
+    return layer.norm if isinstance(layer, NormNeurons) else layer.intermediate
+
+
+def anp_neurons(model: nn.Module, kind: str) -> list[FeedForwardLayer | NormNeurons]:
+    """The neurons ANP masks: feed-forward neurons (`"feed_forward"`) or LayerNorm channels (`"layer_norm"`)."""
+    if kind == "layer_norm":
+        return layer_norm_neurons(model)
+    return feed_forward_layers(model, defense="ANP")
 
 
 @dataclass
@@ -69,6 +122,9 @@ class ANPConfig:
         anp_threshold: the mask threshold of `"threshold"` pruning.
         anp_prune_number: how many neurons `"number"` pruning removes.
         anp_seed: seed of the batch order and of the random initialisation of the perturbations.
+        anp_neurons: which neurons are masked: `"feed_forward"` (the rows of each encoder layer's
+            `intermediate_dense`) or `"layer_norm"` (the channels of every affine LayerNorm: the scale-and-shift
+            neurons closest to the paper's BatchNorm neurons).
     """
 
     anp_eps: float = field(default=0.4, metadata={"help": "ε: bound of the neuron perturbations."})
@@ -90,6 +146,7 @@ class ANPConfig:
     anp_seed: int = field(
         default=0, metadata={"help": "Seed of batch order and perturbation initialisation."}
     )
+    anp_neurons: str = field(default="feed_forward", metadata={"help": "'feed_forward' or 'layer_norm'."})
 
     def __post_init__(self) -> None:
         def number(name: str, low: float, high: float = math.inf, integer: bool = False) -> None:
@@ -113,6 +170,8 @@ class ANPConfig:
                 raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.anp_neurons not in NEURON_KINDS:
+            raise ValueError(f"unknown anp_neurons {self.anp_neurons!r}; use one of {NEURON_KINDS}")
         if self.anp_prune_by not in PRUNE_BY:
             raise ValueError(f"unknown anp_prune_by {self.anp_prune_by!r}; use one of {PRUNE_BY}")
         if self.anp_prune_by == "number":
@@ -122,8 +181,9 @@ class ANPConfig:
 
 
 class NeuronMasks:
-    """Masks `m` and perturbations `δ`, `ξ` on the feed-forward neurons of `layers`, applied by forward hooks
-    on `intermediate_dense` while the object is attached (use it as a context manager).
+    """Masks `m` and perturbations `δ`, `ξ` on the neurons of `layers` (feed-forward blocks or LayerNorms),
+    applied by forward hooks on `intermediate_dense` (or the LayerNorm) while the object is attached (use it
+    as a context manager).
 
     Neuron k's output `z_k + b_k` (`z_k = w_k·x`) becomes `(m_k + δ_k) · z_k + (1 + ξ_k) · b_k` when
     `perturbed` is True, and `m_k · z_k + b_k` otherwise. Masks start at 1 and perturbations at 0, so an
@@ -136,12 +196,12 @@ class NeuronMasks:
         perturbed: whether δ and ξ are applied.
     """
 
-    def __init__(self, layers: list[FeedForwardLayer], eps: float) -> None:
+    def __init__(self, layers: list[FeedForwardLayer | NormNeurons], eps: float) -> None:
         self.layers = layers
         self.eps = float(eps)
 
-        def zeros(layer: FeedForwardLayer) -> torch.Tensor:
-            weight = layer.intermediate.weight
+        def zeros(layer: FeedForwardLayer | NormNeurons) -> torch.Tensor:
+            weight = _masked_module(layer).weight
             return torch.zeros(layer.num_neurons, device=weight.device, dtype=weight.dtype)
 
         self.masks = [(zeros(layer) + 1).requires_grad_() for layer in layers]
@@ -155,7 +215,7 @@ class NeuronMasks:
         return self.weight_noise + self.bias_noise
 
     def _hook(self, position: int):
-        def hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             scale = self.masks[position]
             if self.perturbed:
                 scale = scale + self.weight_noise[position]
@@ -170,7 +230,8 @@ class NeuronMasks:
     def attach(self) -> NeuronMasks:
         if not self._handles:
             self._handles = [
-                layer.intermediate.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)
+                _masked_module(layer).register_forward_hook(self._hook(i))
+                for i, layer in enumerate(self.layers)
             ]
         return self
 
@@ -239,9 +300,9 @@ def optimize_anp_masks(
     (the last step's unperturbed and perturbed losses).
 
     Raises:
-        UnsupportedModelError: the model has no transformer feed-forward blocks.
+        UnsupportedModelError: the model has no neurons of `config.anp_neurons`'s kind.
     """
-    layers = feed_forward_layers(model, defense="ANP")
+    layers = anp_neurons(model, config.anp_neurons)
     masks = NeuronMasks(layers, config.anp_eps)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.anp_seed)
@@ -344,17 +405,24 @@ def apply_anp(
     check_clean_subset(clean, "ANP")
     if not isinstance(config, ANPConfig):
         raise TypeError(f"apply_anp needs an ANPConfig, got {type(config).__name__}")
-    feed_forward_layers(model, defense="ANP")  # refuse an unsupported model before copying it
+    anp_neurons(model, config.anp_neurons)  # refuse an unsupported model before copying it
     defended = copy_model(model)
     masks, record = optimize_anp_masks(defended, extractor, clean, config)
     values = masks.mask_values()
     pruned = neurons_to_prune(values, config)
     for layer, chosen in zip(masks.layers, pruned, strict=True):
-        if chosen.any():
+        if not chosen.any():
+            continue
+        if isinstance(layer, NormNeurons):
+            with torch.no_grad():
+                layer.norm.weight[chosen.to(layer.norm.weight.device)] = 0.0
+                layer.norm.bias[chosen.to(layer.norm.bias.device)] = 0.0
+        else:
             prune_neurons_(layer, ~chosen)
     make_pruning_permanent(defended)
     info = {
         "defense": "anp",
+        "neurons": config.anp_neurons,
         "steps": config.anp_steps,
         "prune_by": config.anp_prune_by,
         "threshold": config.anp_threshold if config.anp_prune_by == "threshold" else None,
