@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -204,21 +205,38 @@ def minimal_defense_record(validation_drop: float = 0.0, learning_rate: float = 
     return record
 
 
+def free_port() -> int:
+    """A TCP port free right now on localhost (for a launcher's rendezvous, instead of a fixed one)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_launcher(command: list[str], env: dict, timeout: float) -> tuple[int, str, str]:
-    """Run a multi-process launcher (torchrun) in its own session; on a time-out kill the launcher and all its
-    workers (so none is left holding gloo ports) and fail. Returns (return code, stdout, stderr)."""
+    """Run a multi-process launcher (torchrun) in its own session, its output in files (a worker left behind
+    cannot block reading a pipe); on a time-out kill the session and fail. Returns (code, stdout, stderr)."""
     import signal
     import subprocess
+    import tempfile
 
-    launcher = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = launcher.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        stdout, stderr = launcher.communicate()
-        raise AssertionError(
-            f"the multi-process run did not finish in {timeout} s:\n{stderr[-4000:]}"
-        ) from None
-    return launcher.returncode, stdout, stderr
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        launcher = subprocess.Popen(
+            command, env=env, stdout=out, stderr=err, text=True, start_new_session=True
+        )
+        try:
+            code = launcher.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(timeout=30)
+            err.seek(0)
+            raise AssertionError(
+                f"the multi-process run did not finish in {timeout} s:\n{err.read()[-4000:]}"
+            ) from None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(launcher.pid, signal.SIGKILL)  # any worker left in the session
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()

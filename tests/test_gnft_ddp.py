@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import run_launcher, sine_dataset
+from conftest import free_port, run_launcher, sine_dataset
 from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat, tiny_model
 
 HERE = Path(__file__).resolve().parent
@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 def test_two_process_ddp_matches_single_process_accumulation(tmp_path):
     output = tmp_path / "ddp.pt"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         str(HERE / "ddp_gnft_script.py"), str(output), str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPE_DATA, RECIPE_FAST, run_launcher
+from conftest import RECIPE_DATA, RECIPE_FAST, free_port, run_launcher
 from safetensors.torch import load_file
 
 from hf_gnft.outputs import OutputExistsError, atomic_write_text, partial_dir, staged_output_dir
@@ -190,7 +190,7 @@ def test_two_process_defense_publishes_one_complete_output(recipe_suspect, tmp_p
     """`torchrun --nproc_per_node 2 recipes/defend.py --use_cpu true` (gloo): one finished folder, written once.
     (Without `--use_cpu` transformers sets up no distributed run on CPU; `is_main_process` refuses that.)"""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(REPO_ROOT / "recipes" / "defend.py"), "--model", str(recipe_suspect), "--output_dir", str(out),
                "--clean_count", "16", "--max_steps", "2", "--hub_dry_run", "true", "--use_cpu", "true", *RECIPE_DATA,
                *RECIPE_FAST]  # fmt: skip
