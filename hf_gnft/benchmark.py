@@ -381,7 +381,7 @@ class Benchmark:
                 "before": before["validation_accuracy"],
                 "after": self._validation_accuracy(outcome.model, extractor),
             },  # fmt: skip
-            "seconds": round(seconds, 2),
+            "seconds": round(seconds, 4),  # data-free defenses take milliseconds
             "peak_mib": peak["mib"],
             "settings": settings,
             "clean_rows": len(clean),
