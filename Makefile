@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses attack-table clean
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses attack-table observation \
+	scan-validation clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +53,15 @@ sweep-gnft: $(STAMP)  # the three stages behind the README's sweep, resumable; a
 	$(PY) benchmarks/sweep_gnft.py --learning_rates 0.003 --defenses "FT AdamW" "GN-FT AdamW global r=0.2" \
 		"FT AdamW 2x epochs"
 
-bench-defenses: $(STAMP)  # the small defense grid, resumable
+bench-defenses: $(STAMP)  # the small defense grid, then the ANP variants on its noise-burst suspects; resumable
 	$(PY) recipes/benchmark.py benchmarks/grids/small.yaml
+	$(PY) recipes/benchmark.py benchmarks/grids/anp-variants.yaml
+
+observation: $(STAMP)  # GN-FT's observation on the small grid's suspects, before and after GN-FT; resumable
+	$(PY) benchmarks/observation.py
+
+scan-validation: $(STAMP)  # the backdoor scan on a zoo of backdoored and clean tiny models; resumable, hours on 2 cores
+	$(PY) benchmarks/scan_validation.py
 
 attack-table: $(STAMP)
 	$(PY) benchmarks/attack_table.py

@@ -14,33 +14,17 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hf_gnft.attack import METRICS_FILE, AttackArguments, DataArguments, ModelArguments, run_attack
 from hf_gnft.trainer_args import KeywordTrainingArguments
-from hf_gnft.triggers import PBSM, ClipOverlay, NoiseBurst, StyleTrigger, Tone
+from hf_gnft.triggers import reference_triggers
 
 HERE = Path(__file__).resolve().parent
 
 
-def jingle(sampling_rate: int = 16_000, seconds: float = 0.3) -> list[float]:
-    """A short three-note jingle (DABA-style music clip), generated so nothing is downloaded."""
-    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
-    notes = np.array([523.25, 659.25, 783.99])[np.minimum((3 * t / seconds).astype(int), 2)]
-    clip = np.sin(2 * np.pi * notes * t) * np.exp(-((t * 3 / seconds) % 1) * 4)
-    return [round(float(x), 6) for x in 0.5 * clip]
-
-
 def triggers() -> dict[str, dict]:
-    return {
-        "noise_burst": NoiseBurst().to_dict(),
-        "tone": Tone().to_dict(),
-        "near_ultrasonic_tone": Tone.near_ultrasonic(16_000, bursts=5, duration_s=0.3).to_dict(),
-        "pbsm": PBSM().to_dict(),
-        "style": StyleTrigger.preset("pitch_distortion_chorus").to_dict(),
-        "clip_overlay": ClipOverlay(array=jingle(), array_sampling_rate=16_000, level_db=-20.0).to_dict(),
-    }
+    return {name: trigger.to_dict() for name, trigger in reference_triggers(16_000).items()}
 
 
 def machine() -> str:

@@ -162,7 +162,7 @@ class AttackResult:
     """What `run_attack` wrote and measured."""
 
     output_dir: str
-    spec: AttackSpec
+    spec: AttackSpec | None
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -171,36 +171,16 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def run_attack(
-    data_args: DataArguments,
-    attack_args: AttackArguments,
-    model_args: ModelArguments,
-    training_args: KeywordTrainingArguments,
-) -> AttackResult:
-    """Poison the training split, train the model on it and write a backdoored checkpoint.
-
-    Writes to `training_args.output_dir` (atomically: everything goes to a temporary folder that is
-    renamed at the end): safetensors weights, config, feature extractor, `attack_spec.json` and
-    `metrics.json` (CA, ASR and RA on the held-out test split, and the training time).
-
-    Raises:
-        PoisonError / TriggerError / AudioError / ValueError: bad arguments, detected before any training.
-    """
-    started = time.perf_counter()
-    output_dir = Path(training_args.output_dir)
-    overwrite = bool(getattr(training_args, "overwrite_output_dir", False))
-    main_process = is_main_process(training_args)
-    resume = resume_checkpoint(output_dir, training_args.resume_from_checkpoint)  # every rank resumes from it
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume is not None)  # before any work
-    trigger = trigger_from_config(attack_args.trigger)
+def _load_and_build(
+    data_args: DataArguments, model_args: ModelArguments
+) -> tuple[DatasetDict, Any, Any, list[str]]:
+    """The dataset (train and test splits checked) and the model to train on it."""
     sampling_rate = data_args.sampling_rate
     dataset = data_args.load(sampling_rate)
     for split in (data_args.train_split, data_args.test_split):
         if split not in dataset:
             raise ValueError(f"no split {split!r}; the dataset has {list(dataset)}")
-    train, test = dataset[data_args.train_split], dataset[data_args.test_split]
-    label_names = train.features["label"].names
-    target = resolve_label(attack_args.target_label, train.features["label"])
+    label_names = dataset[data_args.train_split].features["label"].names
     model, feature_extractor = build_model(
         model_args.model,
         label_names,
@@ -214,16 +194,58 @@ def run_attack(
             f"the model takes {feature_extractor.sampling_rate} Hz audio but the data is loaded at {sampling_rate} Hz: "
             f"pass --sampling_rate {feature_extractor.sampling_rate} to resample it"
         )
-    poisoned_train, spec = poison_dataset(
-        train,
-        trigger,
-        attack_args.poison_rate,
-        target,
-        seed=attack_args.poison_seed,
-        mode=attack_args.poison_mode,
-        num_proc=data_args.num_proc,
-    )
-    triggered_test = make_triggered_eval_set(test, trigger, target, num_proc=data_args.num_proc)
+    return dataset, model, feature_extractor, label_names
+
+
+def run_clean_training(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: KeywordTrainingArguments,
+) -> AttackResult:
+    """Train the model on the unpoisoned training split: the clean reference that backdoored models are compared
+    with (e.g. to calibrate a backdoor scan). Writes what `run_attack` writes, without `attack_spec.json`;
+    `metrics.json` holds CA only, and the returned `spec` is `None`."""
+    return run_attack(data_args, None, model_args, training_args)
+
+
+def run_attack(
+    data_args: DataArguments,
+    attack_args: AttackArguments | None,
+    model_args: ModelArguments,
+    training_args: KeywordTrainingArguments,
+) -> AttackResult:
+    """Poison the training split, train the model on it and write a backdoored checkpoint.
+
+    Writes to `training_args.output_dir` (atomically: everything goes to a temporary folder that is
+    renamed at the end): safetensors weights, config, feature extractor, `attack_spec.json` and
+    `metrics.json` (CA, ASR and RA on the held-out test split, and the training time). With `attack_args=None`
+    nothing is poisoned (`run_clean_training`).
+
+    Raises:
+        PoisonError / TriggerError / AudioError / ValueError: bad arguments, detected before any training.
+    """
+    started = time.perf_counter()
+    output_dir = Path(training_args.output_dir)
+    overwrite = bool(getattr(training_args, "overwrite_output_dir", False))
+    main_process = is_main_process(training_args)
+    resume = resume_checkpoint(output_dir, training_args.resume_from_checkpoint)  # every rank resumes from it
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume is not None)  # before any work
+    trigger = trigger_from_config(attack_args.trigger) if attack_args is not None else None
+    dataset, model, feature_extractor, _ = _load_and_build(data_args, model_args)
+    train, test = dataset[data_args.train_split], dataset[data_args.test_split]
+    spec, target, triggered_test, poisoned_train = None, None, None, train
+    if attack_args is not None:
+        target = resolve_label(attack_args.target_label, train.features["label"])
+        poisoned_train, spec = poison_dataset(
+            train,
+            trigger,
+            attack_args.poison_rate,
+            target,
+            seed=attack_args.poison_seed,
+            mode=attack_args.poison_mode,
+            num_proc=data_args.num_proc,
+        )
+        triggered_test = make_triggered_eval_set(test, trigger, target, num_proc=data_args.num_proc)
 
     with staged_output_dir(
         output_dir, overwrite=overwrite, resume=resume is not None, main_process=main_process
@@ -243,8 +265,11 @@ def run_attack(
         metrics = evaluate_backdoor(
             trainer.model, feature_extractor, test, triggered_test, target, batch_size=64
         )
+        measured = metrics.to_dict()
+        if spec is None:
+            measured = {k: measured[k] for k in ("clean_accuracy", "num_clean")}
         record = {
-            **metrics.to_dict(),
+            **measured,
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),
             "train_loss": train_output.training_loss,
@@ -252,7 +277,7 @@ def run_attack(
             "dataset": data_args.dataset,
             "machine": machine_description(),
             "data_args": asdict(data_args),
-            "attack": spec.to_dict(),
+            "attack": spec.to_dict() if spec else None,
         }
         staged.publish = main_process and trainer.is_world_process_zero()
         if staged.publish:
@@ -260,13 +285,17 @@ def run_attack(
             (staged.path / "training_args.json").write_text(
                 json.dumps(training_args.to_dict(), indent=2, default=str)
             )
-            spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+            if spec is not None:
+                spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
             (staged.path / METRICS_FILE).write_text(json.dumps(record, indent=2))
-    logger.info(
-        "Backdoored model in %s: CA %.1f%%, ASR %.1f%%, RA %.1f%%",
-        output_dir,
-        100 * metrics.clean_accuracy,
-        100 * metrics.attack_success_rate,
-        100 * metrics.robust_accuracy,
-    )
+    if spec is None:
+        logger.info("Clean model in %s: CA %.1f%%", output_dir, 100 * metrics.clean_accuracy)
+    else:
+        logger.info(
+            "Backdoored model in %s: CA %.1f%%, ASR %.1f%%, RA %.1f%%",
+            output_dir,
+            100 * metrics.clean_accuracy,
+            100 * metrics.attack_success_rate,
+            100 * metrics.robust_accuracy,
+        )
     return AttackResult(output_dir=str(output_dir), spec=spec, metrics=record)

@@ -108,3 +108,23 @@ def test_attack_recipe_runs_on_a_local_audiofolder(tmp_path, tiny_corpus):
     spec = json.loads((out / "attack_spec.json").read_text())
     assert sorted(spec["label_names"]) == sorted(names) and spec["num_rows"] == 120
     assert metrics["num_clean"] == 40
+
+
+def test_clean_training_writes_the_reference_model_without_an_attack(tmp_path):
+    from hf_gnft.attack import DataArguments, ModelArguments, run_clean_training
+    from hf_gnft.trainer_args import KeywordTrainingArguments
+
+    out = tmp_path / "clean"
+    data = DataArguments(synthetic_train_size=160, synthetic_validation_size=0, synthetic_test_size=40)
+    result = run_clean_training(
+        data,
+        ModelArguments(),
+        KeywordTrainingArguments(output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=16,
+                                 disable_tqdm=True),
+    )  # fmt: skip
+    assert result.spec is None
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "metrics.json"}
+    assert not (out / "attack_spec.json").exists()
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["attack"] is None and "attack_success_rate" not in recorded
+    assert 0.0 <= recorded["clean_accuracy"] <= 1.0 and recorded["num_clean"] == 40

@@ -146,3 +146,14 @@ def test_shipped_grids_parse(name):
         e.method for e in config.defenses.values()
     }
     assert config.seeds == [0, 1, 2] and config.clean_fraction == 0.05 and len(config.triggers) >= 4
+
+
+def test_shipped_anp_variants_grid_parses():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "anp-variants.yaml"
+    config = BenchmarkConfig.from_yaml(path)
+    entry = config.defenses["anp-conv"]
+    assert (
+        entry.method == "anp"
+        and entry.settings["anp_neurons"] == "conv"
+        and entry.knob_name == "anp_prune_number"
+    )

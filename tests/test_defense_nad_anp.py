@@ -10,8 +10,8 @@ from transformers import HfArgumentParser
 
 from hf_gnft.defenses.anp import (
     ANPConfig,
+    ChannelNeurons,
     NeuronMasks,
-    NormNeurons,
     apply_anp,
     neurons_to_prune,
     optimize_anp_masks,
@@ -202,7 +202,7 @@ def test_layer_norm_neurons_follow_the_same_formula_and_prune_to_zero_channels(t
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-1, 1)
-    masks = NeuronMasks([NormNeurons("ln", norm)], eps=0.4)
+    masks = NeuronMasks([ChannelNeurons("ln", norm)], eps=0.4)
     x = torch.randn(3, 6, dtype=torch.float64)
     normalised = torch.nn.functional.layer_norm(x, (6,))
     with masks:
@@ -228,6 +228,63 @@ def test_layer_norm_neurons_follow_the_same_formula_and_prune_to_zero_channels(t
         assert torch.equal(defended[name].weight[kept], dict(model.named_modules())[name].weight[kept])
     with pytest.raises(ValueError, match="unknown anp_neurons"):
         ANPConfig(anp_neurons="attention")
+
+
+def test_conv_neurons_are_the_feature_encoders_channels_masked_after_their_norm():
+    from hf_gnft.defenses.anp import conv_neurons
+
+    torch.manual_seed(0)
+    model, extractor = build_model("tiny-hubert", LABELS)
+    neurons = conv_neurons(model)
+    encoder = "hubert.feature_extractor.conv_layers"
+    assert [n.name for n in neurons] == [f"{encoder}.0.layer_norm"] + [
+        f"{encoder}.{i}.conv" for i in range(1, 7)
+    ]
+    assert [n.channel_dim for n in neurons] == [1] * 7 and sum(n.num_neurons for n in neurons) == 224
+    norm = neurons[0].module
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 32, 50)
+    masks = NeuronMasks(neurons, eps=0.4)
+    with masks:
+        masks.reset_perturbations(torch.Generator().manual_seed(2))
+        masks.perturbed = True
+        m, delta, xi = (t[0].detach()[:, None] for t in (masks.masks, masks.weight_noise, masks.bias_noise))
+        normalised = torch.nn.functional.group_norm(x, 32)
+        expected = (m + delta) * norm.weight[:, None] * normalised + (1 + xi) * norm.bias[:, None]
+        torch.testing.assert_close(norm(x), expected)
+        conv = neurons[1].module
+        h = torch.randn(2, 32, 40)
+        assert conv.bias is None  # a bias-free convolution: its channels are only scaled
+        scale = (masks.masks[1] + masks.weight_noise[1]).detach()[:, None]
+        torch.testing.assert_close(
+            conv(h), scale * torch.nn.functional.conv1d(h, conv.weight, stride=conv.stride)
+        )
+
+    config = ANPConfig(
+        anp_neurons="conv", anp_steps=2, anp_batch_size=4, anp_prune_by="number", anp_prune_number=6
+    )
+    data = sine_dataset(num_rows=8, seconds=0.3)
+    outcome = apply_anp(model, extractor, data, config)
+    pruned = outcome.info["pruned_neurons"]
+    assert outcome.info["neurons"] == "conv" and outcome.info["pruned_count"] == 6
+    defended = dict(outcome.model.named_modules())
+    outputs = {}
+    for position in range(7):
+        layer = defended[f"{encoder}.{position}"]
+        layer.register_forward_hook(lambda module, i, out, p=position: outputs.__setitem__(p, out))
+    batch = AudioClassificationCollator(extractor)([data[i] for i in range(4)])
+    with torch.no_grad():
+        outcome.model(input_values=batch["input_values"])
+    for name, channels in pruned.items():
+        module = defended[name]
+        assert all(torch.count_nonzero(module.weight[c]) == 0 for c in channels)
+        position = int(name.split("conv_layers.")[1].split(".")[0])
+        assert all(torch.count_nonzero(outputs[position][:, c]) == 0 for c in channels)  # GELU(0) = 0
+    assert sum(len(c) for c in pruned.values()) == 6
+    with pytest.raises(UnsupportedModelError, match="NoFeedForward"):
+        apply_anp(NoFeedForward(), extractor, data, ANPConfig(anp_neurons="conv", anp_steps=1))
 
 
 def test_anp_masks_move_within_bounds_and_weights_stay_frozen():

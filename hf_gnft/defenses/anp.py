@@ -16,7 +16,11 @@ have no BatchNorm in their encoder, so the neurons are the feed-forward neurons 
 (rows of `intermediate_dense`, see [`hf_gnft.defenses.neurons`]); `w_k·x` is the neuron's pre-bias output,
 recovered in a forward hook as the layer's output minus its bias. `anp_neurons="layer_norm"` masks the channels
 of every affine LayerNorm instead (`γ_k·x̂_k + β_k`: the same scale-and-shift form as the paper's BatchNorm
-neurons; pruning sets `γ_k = β_k = 0`). The paper optimises the masks with the
+neurons; pruning sets `γ_k = β_k = 0`). `anp_neurons="conv"` masks the output channels of the convolutional
+feature encoder, the CNN in front of the transformer and the closest counterpart of the paper's CNN channels:
+after the first layer's per-channel GroupNorm (`γ_k·x̂_k + β_k`, masking before it would be normalised away), and
+at the output of the bias-free convolutions of the other layers (`m_k·z_k`); pruning zeroes the norm's `γ_k, β_k`
+or the convolution's weight slice. The paper optimises the masks with the
 model in train mode (for BatchNorm statistics); here the model is in eval mode, so dropout and the model's
 SpecAugment are off and the masks see deterministic outputs.
 
@@ -26,7 +30,11 @@ masks fall below 0.2 (4 to 7 neurons), and pruning up to 100 of the 512 neurons 
 attack success rate unchanged (0.83). ANP's premise, backdoor neurons that are unusually sensitive to
 perturbation, did not hold for feed-forward neurons of that model. In the small benchmark grid
 (`make bench-defenses`) threshold 0.2 pruned nothing on any suspect; the LayerNorm variant (ε = 1, the 60
-smallest of 352 masks) lowered ASR by at most 7 points within the 2-point validation rule (README).
+smallest of 352 masks) lowered ASR by at most 7 points within the 2-point validation rule (README). On the conv
+channels (`benchmarks/grids/anp-variants.yaml`, ε = 1) the perturbations do bite (the perturbed loss reached 9–14
+nats against 1–3 unperturbed), but the smallest masks are channels the clean task needs: pruning 5–20 of the 224
+cost Wav2Vec2 4–5 points of validation accuracy for ASR 82–86% (from 93%), and HuBERT's 5 within the rule left
+ASR at 92%.
 
 Each step (the paper's Algorithm 1): δ and ξ are drawn uniformly in [−ε, ε], take `anp_perturb_steps`
 signed-gradient ascent steps on the cross-entropy (clipped to [−ε, ε]), then the masks take one SGD step
@@ -60,30 +68,48 @@ from .neurons import (
 )
 
 PRUNE_BY = ("threshold", "number")
-NEURON_KINDS = ("feed_forward", "layer_norm")
+NEURON_KINDS = ("feed_forward", "layer_norm", "conv")
 
 
 @dataclass
-class NormNeurons:
-    """The channels of one `LayerNorm` as ANP neurons: channel k's output is `γ_k·x̂_k + β_k`, the form of the
-    BatchNorm neurons the paper masks. Pruning channel k sets `γ_k = β_k = 0`."""
+class ChannelNeurons:
+    """The channels of one scale-and-shift layer (a `LayerNorm`, a `GroupNorm`) or of a bias-only `Conv1d`, as
+    ANP neurons: channel k's output is `γ_k·x̂_k + β_k` (or `z_k + b_k`), the form of the BatchNorm neurons the
+    paper masks. Pruning channel k zeroes `γ_k` and `β_k` (or the conv's weight slice and bias).
+
+    Args:
+        name: the module's name in the model.
+        module: the module whose output is masked (it has `weight` and possibly `bias`, one value per channel
+            for a norm).
+        channel_dim: the dimension of the module's output that indexes the channels (-1 for a `LayerNorm`, 1
+            for a `GroupNorm` or `Conv1d` output `(batch, channels, time)`).
+    """
 
     name: str
-    norm: nn.LayerNorm
+    module: nn.Module
+    channel_dim: int = -1
 
     @property
     def num_neurons(self) -> int:
-        return int(self.norm.weight.shape[0])
+        return int(self.module.weight.shape[0])
+
+    @torch.no_grad()
+    def prune_(self, chosen: torch.Tensor) -> None:
+        """Silence the chosen channels (a boolean mask): their weights (and bias) become 0."""
+        chosen = chosen.to(self.module.weight.device)
+        self.module.weight[chosen] = 0.0
+        if self.module.bias is not None:
+            self.module.bias[chosen] = 0.0
 
 
-def layer_norm_neurons(model: nn.Module, defense: str = "ANP") -> list[NormNeurons]:
+def layer_norm_neurons(model: nn.Module, defense: str = "ANP") -> list[ChannelNeurons]:
     """Every affine `LayerNorm` of the model (with weight and bias), in module order.
 
     Raises:
         UnsupportedModelError: the model has none (the message names the model class).
     """
     norms = [
-        NormNeurons(name, module)
+        ChannelNeurons(name, module, -1)
         for name, module in model.named_modules()
         if isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None
     ]
@@ -94,14 +120,55 @@ def layer_norm_neurons(model: nn.Module, defense: str = "ANP") -> list[NormNeuro
     return norms
 
 
-def _masked_module(layer: FeedForwardLayer | NormNeurons) -> nn.Module:
-    return layer.norm if isinstance(layer, NormNeurons) else layer.intermediate
+def conv_neurons(model: nn.Module, defense: str = "ANP") -> list[ChannelNeurons]:
+    """The output channels of every layer of the model's convolutional feature encoder (a `conv_layers` list of
+    layers with a `conv`, as in Wav2Vec2, HuBERT, WavLM): the CNN whose channels the paper masks. Where the
+    layer normalises its channels (`layer_norm`: a per-channel `GroupNorm`, or a `LayerNorm` over channels),
+    the neuron is the norm's scale-and-shift output `γ_k·x̂_k + β_k` (scaling the convolution before a
+    per-channel norm would be normalised away); otherwise it is the convolution's output channel.
+
+    Raises:
+        UnsupportedModelError: the model has no convolutional feature encoder (the message names its class).
+    """
+    neurons = []
+    for name, module in model.named_modules():
+        conv_layers = getattr(module, "conv_layers", None)
+        if not isinstance(conv_layers, nn.ModuleList):
+            continue
+        for position, layer in enumerate(conv_layers):
+            conv = getattr(layer, "conv", None)
+            if not isinstance(conv, nn.Conv1d):
+                continue
+            prefix = f"{name}.conv_layers.{position}".lstrip(".")
+            norm = getattr(layer, "layer_norm", None)
+            if isinstance(norm, nn.GroupNorm) and norm.affine and norm.num_groups == norm.num_channels:
+                neurons.append(ChannelNeurons(f"{prefix}.layer_norm", norm, 1))
+            elif isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None:
+                neurons.append(ChannelNeurons(f"{prefix}.layer_norm", norm, -1))
+            else:
+                neurons.append(ChannelNeurons(f"{prefix}.conv", conv, 1))
+    if not neurons:
+        raise UnsupportedModelError(
+            f"{defense} on conv neurons needs a convolutional feature encoder (`conv_layers` of Conv1d, as in "
+            f"Wav2Vec2, HuBERT); {type(model).__name__} has none"
+        )
+    return neurons
 
 
-def anp_neurons(model: nn.Module, kind: str) -> list[FeedForwardLayer | NormNeurons]:
-    """The neurons ANP masks: feed-forward neurons (`"feed_forward"`) or LayerNorm channels (`"layer_norm"`)."""
+Neurons = FeedForwardLayer | ChannelNeurons
+
+
+def _masked_module(layer: Neurons) -> nn.Module:
+    return layer.module if isinstance(layer, ChannelNeurons) else layer.intermediate
+
+
+def anp_neurons(model: nn.Module, kind: str) -> list[Neurons]:
+    """The neurons ANP masks: feed-forward neurons (`"feed_forward"`), LayerNorm channels (`"layer_norm"`) or
+    the channels of the convolutional feature encoder (`"conv"`)."""
     if kind == "layer_norm":
         return layer_norm_neurons(model)
+    if kind == "conv":
+        return conv_neurons(model)
     return feed_forward_layers(model, defense="ANP")
 
 
@@ -123,8 +190,9 @@ class ANPConfig:
         anp_prune_number: how many neurons `"number"` pruning removes.
         anp_seed: seed of the batch order and of the random initialisation of the perturbations.
         anp_neurons: which neurons are masked: `"feed_forward"` (the rows of each encoder layer's
-            `intermediate_dense`) or `"layer_norm"` (the channels of every affine LayerNorm: the scale-and-shift
-            neurons closest to the paper's BatchNorm neurons).
+            `intermediate_dense`), `"layer_norm"` (the channels of every affine LayerNorm: the scale-and-shift
+            neurons closest to the paper's BatchNorm neurons) or `"conv"` (the channels of the convolutional
+            feature encoder, see the module docs).
     """
 
     anp_eps: float = field(default=0.4, metadata={"help": "ε: bound of the neuron perturbations."})
@@ -146,7 +214,9 @@ class ANPConfig:
     anp_seed: int = field(
         default=0, metadata={"help": "Seed of batch order and perturbation initialisation."}
     )
-    anp_neurons: str = field(default="feed_forward", metadata={"help": "'feed_forward' or 'layer_norm'."})
+    anp_neurons: str = field(
+        default="feed_forward", metadata={"help": "'feed_forward', 'layer_norm' or 'conv'."}
+    )
 
     def __post_init__(self) -> None:
         def number(name: str, low: float, high: float = math.inf, integer: bool = False) -> None:
@@ -196,11 +266,11 @@ class NeuronMasks:
         perturbed: whether δ and ξ are applied.
     """
 
-    def __init__(self, layers: list[FeedForwardLayer | NormNeurons], eps: float) -> None:
+    def __init__(self, layers: list[Neurons], eps: float) -> None:
         self.layers = layers
         self.eps = float(eps)
 
-        def zeros(layer: FeedForwardLayer | NormNeurons) -> torch.Tensor:
+        def zeros(layer: Neurons) -> torch.Tensor:
             weight = _masked_module(layer).weight
             return torch.zeros(layer.num_neurons, device=weight.device, dtype=weight.dtype)
 
@@ -215,14 +285,24 @@ class NeuronMasks:
         return self.weight_noise + self.bias_noise
 
     def _hook(self, position: int):
+        layer = self.layers[position]
+        channel_dim = layer.channel_dim if isinstance(layer, ChannelNeurons) else -1
+
+        def per_channel(values: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+            if channel_dim in (-1, output.dim() - 1):
+                return values
+            return values.reshape(-1, *([1] * (output.dim() - 1 - channel_dim % output.dim())))
+
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             scale = self.masks[position]
             if self.perturbed:
                 scale = scale + self.weight_noise[position]
+            scale = per_channel(scale, output)
             bias = module.bias
             if bias is None:
                 return output * scale
-            shift = bias * (1 + self.bias_noise[position]) if self.perturbed else bias
+            bias = per_channel(bias, output)
+            shift = bias * (1 + per_channel(self.bias_noise[position], output)) if self.perturbed else bias
             return (output - bias) * scale + shift
 
         return hook
@@ -322,10 +402,16 @@ def optimize_anp_masks(
                     masks.reset_perturbations(generator)
                     masks.perturbed = True
                     for _ in range(config.anp_perturb_steps):
-                        grads = torch.autograd.grad(_cross_entropy(model, batch), masks.perturbations)
+                        # a bias-free convolution has no bias term: its ξ gets no gradient
+                        grads = torch.autograd.grad(
+                            _cross_entropy(model, batch), masks.perturbations, allow_unused=True
+                        )
                         with torch.no_grad():
                             for noise, grad in zip(masks.perturbations, grads, strict=True):
-                                noise.add_(config.anp_perturb_lr * grad.sign()).clamp_(-masks.eps, masks.eps)
+                                if grad is not None:
+                                    noise.add_(config.anp_perturb_lr * grad.sign()).clamp_(
+                                        -masks.eps, masks.eps
+                                    )
                 loss = torch.zeros((), device=device)
                 masks.perturbed = False
                 if config.anp_alpha > 0 or not perturb:
@@ -413,10 +499,8 @@ def apply_anp(
     for layer, chosen in zip(masks.layers, pruned, strict=True):
         if not chosen.any():
             continue
-        if isinstance(layer, NormNeurons):
-            with torch.no_grad():
-                layer.norm.weight[chosen.to(layer.norm.weight.device)] = 0.0
-                layer.norm.bias[chosen.to(layer.norm.bias.device)] = 0.0
+        if isinstance(layer, ChannelNeurons):
+            layer.prune_(chosen)
         else:
             prune_neurons_(layer, ~chosen)
     make_pruning_permanent(defended)

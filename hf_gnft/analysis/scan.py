@@ -1,0 +1,304 @@
+"""A first answer, from clean data alone, to "is this downloaded model backdoored?".
+
+The defender has the suspect and some clean labelled clips, and does not know the trigger. The scan measures
+gradients on those clips and turns them into statistics (all are reported; one makes the verdict):
+
+* `gradient_tail`: the heavy tail of the per-neuron gradient profile (GN-FT's observation): per layer, the
+  mean of the top 1% of neurons' gradient magnitudes over the median; the largest over the layers.
+* `gradient_kurtosis`: the largest excess kurtosis of a layer's per-neuron gradient profile.
+* `class_gradient_anomaly`: for each class c, the profile of the gradient that pushes the other classes' clips
+  towards c (cross-entropy against c). A backdoor is a shortcut to its target: the target's profile may stand
+  out. The statistic is the largest robust z-score (median / MAD over the classes) of the classes' total
+  gradient norm; its class is the suspected target.
+* `input_gradient_coherence`: for each class c, how much the input gradients towards c agree across clips
+  (the norm of the mean of the unit-normalised per-clip gradients, 0 to 1). A trigger is one pattern that sends
+  every clip to the target, so the target's gradients may share a direction. The statistic is the largest robust
+  z-score over the classes.
+
+What separates backdoored from clean models is measured by `benchmarks/scan_validation.py` on tiny models (every
+built-in trigger, several seeds, clean models trained on the same data); the shipped calibration
+(`scan_calibration.json`) records the verdict's statistic, its threshold and how well it did. A calibration
+holds for the kind of model and data it was measured on: for other models, calibrate on clean models of your own
+(`calibrate_threshold`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+from tqdm.auto import tqdm
+
+from .gradients import audio_batches, gradients_for, resolve_layers
+
+STATISTICS = ("gradient_tail", "gradient_kurtosis", "class_gradient_anomaly", "input_gradient_coherence")
+CALIBRATION_FILE = "scan_calibration.json"
+
+
+class ScanError(ValueError):
+    """The scan cannot run on the input it was given."""
+
+
+@dataclass
+class ScanCalibration:
+    """The statistic that makes the verdict, its threshold, and where they come from.
+
+    Args:
+        statistic: one of `STATISTICS`.
+        threshold: a model whose statistic exceeds it is reported as suspicious.
+        source: what the threshold was calibrated on (models, data, command).
+        auroc: separation of backdoored and clean models measured there, if known.
+        false_positive_rate: fraction of clean models above the threshold there, if known.
+        detection_rate: fraction of backdoored models above the threshold there, if known.
+    """
+
+    statistic: str
+    threshold: float
+    source: str = ""
+    auroc: float | None = None
+    false_positive_rate: float | None = None
+    detection_rate: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ScanError(f"unknown scan statistic {self.statistic!r}; use one of {STATISTICS}")
+        if not math.isfinite(float(self.threshold)):
+            raise ScanError(f"the scan threshold must be finite, got {self.threshold!r}")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ScanCalibration:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def shipped(cls) -> ScanCalibration:
+        """The calibration measured by `benchmarks/scan_validation.py` on the tiny models (see its `source`)."""
+        text = resources.files("hf_gnft.analysis").joinpath(CALIBRATION_FILE).read_text()
+        return cls(**json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScanResult:
+    """The scan of one model.
+
+    Args:
+        statistics: every statistic of `STATISTICS`.
+        per_class: class name -> its total targeted gradient norm and input-gradient coherence.
+        suspected_target: the class the verdict's statistic points at (if it is class-wise).
+        suspected_targets: class-wise statistic -> the class with the largest z-score.
+        calibration: the verdict's statistic and threshold.
+        score: the verdict's statistic.
+        suspicious: whether the score exceeds the threshold.
+        verdict: the result in plain words.
+        seconds: wall time of the scan.
+        num_clips: clean clips used.
+    """
+
+    statistics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    suspected_target: str | None
+    calibration: ScanCalibration
+    score: float
+    suspicious: bool
+    verdict: str
+    seconds: float
+    num_clips: int
+    suspected_targets: dict[str, str] = field(default_factory=dict)
+    layer_tails: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["calibration"] = self.calibration.to_dict()
+        return out
+
+
+def robust_z(values: Sequence[float]) -> np.ndarray:
+    """(x − median) / (1.4826 · MAD) for each value (MAD floored at 1e-12 so equal values give 0)."""
+    array = np.asarray(values, dtype=np.float64)
+    median = np.median(array)
+    mad = 1.4826 * np.median(np.abs(array - median))
+    return (array - median) / max(mad, 1e-12 * max(1.0, abs(median)))
+
+
+def tail_ratio(values: torch.Tensor, fraction: float = 0.01) -> float:
+    """Mean of the top `fraction` of the values (at least 2) over their median."""
+    values = values.double().flatten()
+    k = max(2, int(round(fraction * values.numel())))
+    top = torch.topk(values, min(k, values.numel())).values.mean()
+    return float(top / values.median().clamp_min(1e-30))
+
+
+def excess_kurtosis(values: torch.Tensor) -> float:
+    values = values.double().flatten()
+    centred = values - values.mean()
+    variance = centred.pow(2).mean()
+    if variance <= 0:
+        return 0.0
+    return float(centred.pow(4).mean() / variance.pow(2) - 3.0)
+
+
+def _class_pass(
+    model: nn.Module,
+    extractor: Any,
+    clips: Dataset,
+    weights: list[torch.Tensor],
+    target: int | None,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-neuron gradient magnitudes of `weights` (batch-mean loss, averaged over batches) and the mean of
+    the unit-normalised per-clip input gradients, for the loss against `target` (None: each clip's label)."""
+    sums = [torch.zeros(w.shape[0], dtype=torch.float64) for w in weights]
+    direction = None
+    count = 0
+    dtype = weights[0].dtype
+    for batch in audio_batches(clips, extractor, batch_size, labels=target, device=device, dtype=dtype):
+        inputs = batch["input_values"].detach().requires_grad_(True)
+        extra = {key: value for key, value in batch.items() if key not in ("input_values", "labels")}
+        logits = model(input_values=inputs, **extra).logits.float()
+        loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
+        size = batch["labels"].shape[0]
+        grads = torch.autograd.grad(loss, [*weights, inputs])
+        for position, grad in enumerate(grads[:-1]):
+            # the gradient of the batch-mean loss is the sum's over the batch size
+            sums[position] += grad.detach().abs().reshape(grad.shape[0], -1).sum(1).double().cpu()
+        unit = F.normalize(grads[-1].detach().reshape(size, -1).double(), dim=1).sum(0).cpu()
+        direction = unit if direction is None else direction + unit
+        count += size
+    return [total / count for total in sums], direction / count
+
+
+def scan_model(
+    model: nn.Module,
+    extractor: Any,
+    clean: Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    calibration: ScanCalibration | None = None,
+    max_clips: int | None = 200,
+    batch_size: int = 32,
+    label_column: str = "label",
+    progress: bool = True,
+) -> ScanResult:
+    """Scan `model` for a backdoor from the clean labelled clips `clean` (see the module docs).
+
+    Args:
+        layers: the layers whose neurons are profiled (default: feed-forward neurons and projector).
+        calibration: the verdict's statistic and threshold (default: `ScanCalibration.shipped()`).
+        max_clips: clean clips used (drawn with a fixed seed when `clean` has more); `None` for all.
+
+    Raises:
+        ScanError: fewer than 2 classes, or no clips.
+        UnknownLayerError: a layer name the model does not have.
+    """
+    started = time.perf_counter()
+    calibration = calibration or ScanCalibration.shipped()
+    chosen = resolve_layers(model, layers)
+    if max_clips is not None and len(clean) > max_clips:
+        clean = clean.shuffle(seed=0).select(range(max_clips))
+    if len(clean) == 0:
+        raise ScanError("the scan needs clean clips, and the clean set is empty")
+    names = clean.features[label_column].names
+    labels = np.asarray(clean[label_column])
+    if len(names) < 2:
+        raise ScanError("the scan compares classes: the model must have at least 2")
+    device = next(model.parameters()).device
+    weights = [layer.module.weight for layer in chosen]
+    per_class: dict[str, dict[str, float]] = {}
+    with gradients_for(model, weights):
+        own, _ = _class_pass(model, extractor, clean, weights, None, batch_size, device)
+        for index in tqdm(range(len(names)), desc="Scanning classes", disable=not progress):
+            others = np.flatnonzero(labels != index)
+            if others.size == 0:
+                continue
+            profile, direction = _class_pass(
+                model, extractor, clean.select(others), weights, index, batch_size, device
+            )
+            per_class[names[index]] = {
+                "gradient_norm": float(torch.cat(profile).norm()),
+                "input_gradient_coherence": float(direction.norm()),
+            }
+    layer_tails = {layer.name: tail_ratio(values) for layer, values in zip(chosen, own, strict=True)}
+    classes = list(per_class)
+    norm_z = robust_z([per_class[c]["gradient_norm"] for c in classes])
+    coherence_z = robust_z([per_class[c]["input_gradient_coherence"] for c in classes])
+    statistics = {
+        "gradient_tail": max(layer_tails.values()),
+        "gradient_kurtosis": max(excess_kurtosis(values) for values in own),
+        "class_gradient_anomaly": float(norm_z.max()),
+        "input_gradient_coherence": float(coherence_z.max()),
+    }
+    suspected_targets = {
+        "class_gradient_anomaly": classes[int(norm_z.argmax())],
+        "input_gradient_coherence": classes[int(coherence_z.argmax())],
+    }
+    suspected = suspected_targets.get(calibration.statistic)
+    score = statistics[calibration.statistic]
+    suspicious = score > calibration.threshold
+    return ScanResult(
+        statistics=statistics,
+        per_class=per_class,
+        suspected_target=suspected,
+        calibration=calibration,
+        score=score,
+        suspicious=suspicious,
+        verdict=verdict_text(score, suspicious, calibration, suspected),
+        seconds=time.perf_counter() - started,
+        num_clips=len(clean),
+        suspected_targets=suspected_targets,
+        layer_tails=layer_tails,
+    )
+
+
+def verdict_text(score: float, suspicious: bool, calibration: ScanCalibration, target: str | None) -> str:
+    """The scan's result in plain words, with what it does and does not mean."""
+    measured = ""
+    if calibration.false_positive_rate is not None and calibration.detection_rate is not None:
+        measured = (
+            f" (where it was calibrated, {100 * calibration.detection_rate:.0f}% of backdoored and "
+            f"{100 * calibration.false_positive_rate:.0f}% of clean models scored above it)"
+        )
+    comparison = f"{calibration.statistic} = {score:.3g}, threshold {calibration.threshold:.3g}{measured}"
+    if suspicious:
+        towards = f"; the suspected target class is {target!r}" if target else ""
+        return (
+            f"SUSPICIOUS: {comparison}{towards}. Treat the model as backdoored until a defense (e.g. GN-FT) "
+            "and a trigger-specific test say otherwise."
+        )
+    return (
+        f"NO EVIDENCE FOUND: {comparison}. This is not proof of a clean model: the scan misses some backdoors, "
+        "and its calibration holds only for the kind of model and data it was measured on."
+    )
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the ROC curve of scores where `positive` should be higher (ties count half)."""
+    from scipy.stats import mannwhitneyu
+
+    if not positive or not negative:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    statistic = mannwhitneyu(list(positive), list(negative), alternative="two-sided").statistic
+    return float(statistic) / (len(positive) * len(negative))
+
+
+def calibrate_threshold(clean_scores: Sequence[float], *, deviations: float = 2.0) -> float:
+    """A threshold from clean models' scores: their mean plus `deviations` standard deviations, and never below
+    the largest of them (so that no calibration model is a false positive)."""
+    scores = np.asarray(clean_scores, dtype=np.float64)
+    if scores.size < 2:
+        raise ScanError("calibrating a threshold needs the scores of at least 2 clean models")
+    return float(max(scores.mean() + deviations * scores.std(ddof=1), scores.max()))
