@@ -1,13 +1,18 @@
 """Validate the backdoor scan: backdoored vs clean tiny models, every built-in trigger, several seeds.
 
-The model zoo: for tiny Wav2Vec2 and tiny HuBERT, one backdoored model per built-in trigger
-(`hf_gnft.triggers.reference_triggers`: 10% dirty-label poisoning, 15 epochs, as the attack table) and
-training seed, the target class changing with the seed (yes, down, on), and clean models trained on the same data without poisoning. Each model is trained
-once and cached under `--zoo_dir` (resumable). Then every model is scanned from clean data alone and the
-scores' separation is reported (AUROC, with the calibrated threshold's false-positive and detection rates).
+The model zoo: for each model (default: tiny Wav2Vec2; `--models tiny-wav2vec2 tiny-hubert` adds HuBERT), one
+backdoored model per built-in trigger (`hf_gnft.triggers.reference_triggers`: 10% dirty-label poisoning) and
+training seed, the target class changing with the seed (yes, down, on), and clean models trained on the same data
+without poisoning; 8 epochs each. Each model is trained once and cached under `--zoo_dir` (resumable). Then every
+model is scanned from clean data alone and the scores' separation is reported (AUROC, with the calibrated
+threshold's false-positive and detection rates), and the shipped calibration
+(`hf_gnft/analysis/scan_calibration.json`) is rewritten from it.
 
-    python benchmarks/scan_validation.py                 # train what is missing, scan, report
+    python benchmarks/scan_validation.py                 # train what is missing, scan, report, calibrate
     python benchmarks/scan_validation.py --train_only    # the zoo only
+    python benchmarks/scan_validation.py --report_only   # re-evaluate the finished scans in results.jsonl
+    python benchmarks/scan_validation.py --models tiny-hubert --output_dir benchmarks/scan-hubert --transfer
+                                                         # judge other models by the shipped calibration
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import torch
 
 from hf_gnft.analysis.scan import (
     CALIBRATION_FILE,
+    CLASS_VALUES,
     STATISTICS,
     ScanCalibration,
     auroc,
@@ -46,7 +53,7 @@ from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import reference_triggers
 
 HERE = Path(__file__).resolve().parent
-MODELS = ["tiny-wav2vec2", "tiny-hubert"]
+MODELS = ["tiny-wav2vec2"]
 
 
 def target_for_seed(seed: int) -> str:
@@ -132,7 +139,7 @@ def scan_cell(cell: dict, clean, calibration: ScanCalibration, max_clips: int) -
 
 def evaluate(rows: list[dict], calibration_seeds: list[int], calibration_clean_seeds: list[int]) -> dict:
     """AUROC of every statistic (all models, and per trigger against all clean models); the statistic with the
-    best AUROC on the calibration half, its threshold from that half's clean models, and its detection and
+    best AUROC on the calibration half (ties: the larger standardised separation there), its threshold from that half's clean models, and its detection and
     false-positive rates on the held-out half; how often the class-wise statistics point at the true target."""
 
     def scores(statistic: str, subset: list[dict], backdoored: bool) -> list[float]:
@@ -157,7 +164,22 @@ def evaluate(rows: list[dict], calibration_seeds: list[int], calibration_clean_s
             scores(statistic, calibrating, True), scores(statistic, calibrating, False)
         )
         report["statistics"][statistic] = entry
-    chosen = max(STATISTICS, key=lambda name: report["statistics"][name]["calibration_auroc"])
+
+    def separation(statistic: str) -> float:
+        """(mean backdoored − mean clean) / pooled sd on the calibration half: breaks AUROC ties."""
+        positive, negative = scores(statistic, calibrating, True), scores(statistic, calibrating, False)
+        spread = np.sqrt((np.var(positive, ddof=1) + np.var(negative, ddof=1)) / 2)
+        return float((np.mean(positive) - np.mean(negative)) / max(spread, 1e-12))
+
+    for statistic in STATISTICS:
+        report["statistics"][statistic]["calibration_separation"] = separation(statistic)
+    chosen = max(
+        STATISTICS,
+        key=lambda name: (
+            report["statistics"][name]["calibration_auroc"],
+            report["statistics"][name]["calibration_separation"],
+        ),
+    )
     threshold = calibrate_threshold(scores(chosen, calibrating, False))
     held_positive, held_negative = scores(chosen, held_out, True), scores(chosen, held_out, False)
     report["chosen"] = {
@@ -169,14 +191,17 @@ def evaluate(rows: list[dict], calibration_seeds: list[int], calibration_clean_s
         "held_out_backdoored": len(held_positive),
         "held_out_clean": len(held_negative),
         "shipped_threshold": calibrate_threshold(scores(chosen, rows, False)),
-        "detection_rate": float(np.mean([v > threshold for v in scores(chosen, rows, True)])),
-        "false_positive_rate": float(np.mean([v > threshold for v in scores(chosen, rows, False)])),
+    }
+    shipped = report["chosen"]["shipped_threshold"]
+    report["chosen"] |= {  # in-sample, at the shipped threshold (every clean model calibrates it)
+        "detection_rate": float(np.mean([v > shipped for v in scores(chosen, rows, True)])),
+        "false_positive_rate": float(np.mean([v > shipped for v in scores(chosen, rows, False)])),
     }
     report["target_identified"] = {
         statistic: float(
             np.mean([r["suspected_targets"][statistic] == r["target"] for r in rows if r["backdoored"]])
         )
-        for statistic in ("class_gradient_anomaly", "input_gradient_coherence")
+        for statistic in (*CLASS_VALUES, "universal_perturbation_gap")
     }
     report["seconds_per_scan"] = float(np.mean([r["seconds"] for r in rows]))
     report["models"] = {
@@ -208,7 +233,8 @@ def write_report(rows: list[dict], report: dict, out: Path, command: str) -> Non
         lines.append(f"| {statistic} | {entry['auroc']:.2f} | {per} | {entry['calibration_auroc']:.2f} |")
     lines += [
         "",
-        f"Verdict statistic (best AUROC on the calibration half): `{chosen['statistic']}`, threshold "
+        f"Verdict statistic (best AUROC on the calibration half, ties broken by its standardised separation): "
+        f"`{chosen['statistic']}`, threshold "
         f"{chosen['threshold']:.3g} (mean + 2 sd of the calibration half's clean models, at least their maximum).",
         f"Held out ({chosen['held_out_backdoored']} backdoored, {chosen['held_out_clean']} clean): AUROC "
         f"{chosen['held_out_auroc']:.2f}, detected {100 * chosen['held_out_detection_rate']:.0f}%, false positives "
@@ -231,15 +257,20 @@ def write_report(rows: list[dict], report: dict, out: Path, command: str) -> Non
     lines += ["", f"Command: `{command}`. Machine: {machine_description()}."]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
-    figure, axes = plt.subplots(1, len(STATISTICS), figsize=(4.2 * len(STATISTICS), 3.8))
+    columns = 3
+    figure, axes = plt.subplots(
+        -(-len(STATISTICS) // columns), columns, figsize=(4.6 * columns, 3.6 * -(-len(STATISTICS) // columns))
+    )
     rng = np.random.default_rng(0)
-    for axis, statistic in zip(axes, STATISTICS, strict=True):
+    for axis, statistic in zip(axes.flat, STATISTICS, strict=True):
         for x, group in enumerate(groups):
             values = [r["statistics"][statistic] for r in rows if (r["trigger"] or "clean") == group]
             axis.scatter(x + rng.uniform(-0.15, 0.15, len(values)), values, s=14,
                          color="#1f77b4" if group == "clean" else "#d62728")  # fmt: skip
         if statistic == chosen["statistic"]:
-            axis.axhline(chosen["threshold"], color="k", linestyle=":", linewidth=1)
+            axis.axhline(chosen["shipped_threshold"], color="k", linestyle=":", linewidth=1,
+                         label="shipped threshold")  # fmt: skip
+            axis.legend(fontsize=7, loc="upper left")
         axis.set_xticks(range(len(groups)))
         axis.set_xticklabels(groups, rotation=45, ha="right", fontsize=7)
         axis.set_title(f"{statistic}\nAUROC {report['statistics'][statistic]['auroc']:.2f}", fontsize=8)
@@ -250,6 +281,51 @@ def write_report(rows: list[dict], report: dict, out: Path, command: str) -> Non
     plt.close(figure)
 
 
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def transfer_report(rows: list[dict], calibration: ScanCalibration, out: Path, command: str) -> None:
+    """AUROC of every statistic on these models, and the shipped verdict's detections and false positives."""
+    statistic, threshold = calibration.statistic, calibration.threshold
+    positive = [r for r in rows if r["backdoored"]]
+    negative = [r for r in rows if not r["backdoored"]]
+    aurocs = {
+        name: auroc([r["statistics"][name] for r in positive], [r["statistics"][name] for r in negative])
+        for name in STATISTICS
+    }
+    detected = [r for r in positive if r["statistics"][statistic] > threshold]
+    flagged = [r for r in negative if r["statistics"][statistic] > threshold]
+    identified = [r for r in positive if r["suspected_targets"].get(statistic) == r["target"]]
+    lines = [
+        f"Transfer of the shipped scan calibration (`{statistic}` > {threshold:.3g}, calibrated on "
+        f"{calibration.source.split(':')[1].split(' on ')[0].strip()}) to {len(positive)} backdoored and "
+        f"{len(negative)} clean {'/'.join(sorted({r['model'] for r in rows}))} models.",
+        "",
+        "| statistic | AUROC |",
+        "|---|---|",
+        *(f"| {name} | {value:.2f} |" for name, value in aurocs.items()),
+        "",
+        f"At the shipped threshold: detected {len(detected)} of {len(positive)} backdoored "
+        f"({', '.join(r['trigger'] for r in detected) or 'none'}), flagged {len(flagged)} of {len(negative)} clean; "
+        f"target identified for {len(identified)} of {len(positive)}.",
+        "",
+        "| model | trigger | seed | target | CA | ASR | " + statistic + " | suspected target |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['model']} | {r['trigger'] or 'clean'} | {r['seed']} | {r['target'] or ''} | "
+            f"{100 * r['clean_accuracy']:.1f} | "
+            f"{_percent(r['attack_success_rate'])} | "
+            f"{r['statistics'][statistic]:.3g} | {r['suspected_targets'].get(statistic, '')} |"
+            for r in rows
+        ),
+        "",
+        f"Command: `{command}`. Machine: {machine_description()}.",
+    ]
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -258,34 +334,52 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--triggers", nargs="+", default=list(reference_triggers(16_000)))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--clean_seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--clean_seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5, 6, 7])
     # 8 epochs (CA 95-97%, like the 15 of the attack table) keep the zoo within a sitting on 2 cores
     parser.add_argument("--epochs", type=float, default=8.0)
     parser.add_argument("--train_only", action="store_true")
     parser.add_argument("--output_dir", default=str(HERE / "scan"))
     parser.add_argument("--max_clips", type=int, default=200)
     parser.add_argument("--calibration_seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--calibration_clean_seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--calibration_clean_seeds", nargs="+", type=int, default=[0, 1, 4, 5])
+    parser.add_argument(
+        "--transfer", action="store_true",
+        help="judge these models with the shipped calibration (another architecture, say) instead of calibrating",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report_only", action="store_true",
+        help="re-evaluate the finished scans in OUTPUT_DIR/results.jsonl without training or scanning anything",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     zoo_dir = Path(args.zoo_dir)
     cells = zoo_cells(args.models, args.triggers, args.seeds, args.clean_seeds)
-    for cell in cells:
-        cell["path"] = str(train_cell(cell, zoo_dir, args.epochs))
-    if args.train_only:
-        return
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = (
-        {json.loads(line)["name"]: json.loads(line) for line in results.read_text().splitlines()}
+        {
+            json.loads(line)["name"]: json.loads(line)
+            for line in results.read_text().splitlines()
+            if line.strip()
+        }
         if results.exists()
         else {}
     )
-    clean = DataArguments().load(16_000)["validation"]
+    if args.report_only:
+        missing = [cell["name"] for cell in cells if cell["name"] not in done]
+        if missing:
+            parser.error(f"--report_only: {len(missing)} cells have no scan in {results} yet: {missing[:4]}")
+    else:
+        for cell in cells:  # a model already scanned needs no training
+            if cell["name"] not in done:
+                cell["path"] = str(train_cell(cell, zoo_dir, args.epochs))
+    if args.train_only:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    clean = None if args.report_only else DataArguments().load(16_000)["validation"]
     # every statistic is computed whatever the calibration; this one only decides the printed verdicts
-    provisional = ScanCalibration("input_gradient_coherence", 0.0)
+    provisional = ScanCalibration("input_gradient_coherence_ratio", 0.0)
     rows = []
     for cell in cells:
         if cell["name"] not in done:
@@ -294,6 +388,14 @@ def main() -> None:
                 handle.write(json.dumps(done[cell["name"]]) + "\n")
             print(f"scanned {cell['name']}: {done[cell['name']]['statistics']}", flush=True)
         rows.append(done[cell["name"]])
+    if args.transfer:
+        transfer_report(
+            rows,
+            ScanCalibration.shipped(),
+            out,
+            " ".join(["python benchmarks/scan_validation.py", *sys.argv[1:]]),
+        )
+        return
     report = evaluate(rows, args.calibration_seeds, args.calibration_clean_seeds)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     command = "python benchmarks/scan_validation.py"

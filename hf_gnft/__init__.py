@@ -1,6 +1,23 @@
 """hf-gnft: Gradient Norm-based Fine-Tuning against backdoors in speech classifiers."""
 
-from .attack import AttackArguments, AttackResult, DataArguments, ModelArguments, run_attack
+from .analysis import (
+    AnalysisArguments,
+    NeuronCategories,
+    ScanCalibration,
+    ScanResult,
+    categorize_neurons,
+    neuron_gradient_profile,
+    run_analysis,
+    scan_model,
+)
+from .attack import (
+    AttackArguments,
+    AttackResult,
+    DataArguments,
+    ModelArguments,
+    run_attack,
+    run_clean_training,
+)
 from .audio import AudioError, audio_value, encode_wav, load_audio, resample, to_mono, validate_waveform
 from .benchmark import Benchmark, BenchmarkConfig
 from .data import (
@@ -67,6 +84,7 @@ from .triggers import (
     Tone,
     Trigger,
     TriggerError,
+    reference_triggers,
     register_trigger,
     trigger_from_config,
     trigger_from_dict,
@@ -74,6 +92,7 @@ from .triggers import (
 from .version import __version__
 
 __all__ = [
+    "AnalysisArguments",
     "AttackArguments",
     "AttackResult",
     "AttackSpec",
@@ -101,10 +120,13 @@ __all__ = [
     "KeywordTrainingArguments",
     "LearningRateSearchArguments",
     "ModelArguments",
+    "NeuronCategories",
     "NoiseBurst",
     "OutputExistsError",
     "PBSM",
     "PoisonError",
+    "ScanCalibration",
+    "ScanResult",
     "StyleTrigger",
     "SuspectModelArguments",
     "SyntheticKeywordsConfig",
@@ -114,12 +136,12 @@ __all__ = [
     "Trigger",
     "TriggerError",
     "UntrustedCheckpointError",
-    "__version__",
     "attack_success_rate",
     "audio_value",
     "backdoor_metrics",
     "build_model",
     "build_model_card",
+    "categorize_neurons",
     "choose_learning_rate",
     "choose_strongest",
     "clean_accuracy",
@@ -136,15 +158,20 @@ __all__ = [
     "load_synthetic_keywords",
     "make_compute_metrics",
     "make_triggered_eval_set",
+    "neuron_gradient_profile",
     "poison_dataset",
     "predict_labels",
     "prepare_keyword_dataset",
     "push_output_dir",
+    "reference_triggers",
     "register_trigger",
     "resample",
     "robust_accuracy",
+    "run_analysis",
     "run_attack",
+    "run_clean_training",
     "run_defense",
+    "scan_model",
     "search_learning_rate",
     "select_keywords",
     "select_poison_indices",
@@ -156,4 +183,5 @@ __all__ = [
     "validate_waveform",
     "validation_drop",
     "write_model_card",
+    "__version__",
 ]

@@ -240,3 +240,124 @@ def test_analyze_recipe_names_the_layers_when_one_is_unknown(recipe_suspect, tmp
         analyze.main(["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "a"), "--layers", "nope",
                       *RECIPE_DATA])  # fmt: skip
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
+
+
+# ------------------------------------------------------------------------------------------------ scan
+
+
+def test_scan_reports_every_statistic_and_leaves_the_model_as_it_was(extractor):
+    from hf_gnft.analysis import STATISTICS, ScanCalibration, scan_model
+
+    model, _ = build_model("tiny-wav2vec2", LABELS)
+    model.train()
+    flags = [param.requires_grad for param in model.parameters()]
+    calibration = ScanCalibration("gradient_tail", threshold=1e9, false_positive_rate=0.0, detection_rate=0.5)
+    result = scan_model(model, extractor, sine_dataset(num_rows=12, seconds=0.3), calibration=calibration,
+                        batch_size=8, universal_steps=2, progress=False)  # fmt: skip
+    assert set(result.statistics) == set(STATISTICS) and all(v == v for v in result.statistics.values())
+    assert set(result.per_class) == set(LABELS) and set(result.suspected_targets.values()) <= set(LABELS)
+    assert result.score == result.statistics["gradient_tail"] and not result.suspicious
+    assert result.suspected_target is None  # the verdict's statistic is not class-wise
+    assert result.verdict.startswith("NO EVIDENCE FOUND") and "not proof" in result.verdict
+    assert "50% of backdoored and 0% of clean" in result.verdict
+    assert model.training and [param.requires_grad for param in model.parameters()] == flags
+    assert all(param.grad is None for param in model.parameters())
+
+    flagged = scan_model(model, extractor, sine_dataset(num_rows=12, seconds=0.3), batch_size=8, universal_steps=2,
+                         progress=False, calibration=ScanCalibration("input_gradient_coherence_ratio", threshold=0.0))  # fmt: skip
+    assert flagged.suspicious and flagged.verdict.startswith("SUSPICIOUS")
+    assert flagged.suspected_target == flagged.suspected_targets["input_gradient_coherence_ratio"]
+    assert repr(flagged.suspected_target) in flagged.verdict
+    assert (
+        json.loads(json.dumps(flagged.to_dict()))["calibration"]["statistic"]
+        == "input_gradient_coherence_ratio"
+    )
+
+
+def test_scan_refuses_what_it_cannot_scan(extractor):
+    from hf_gnft.analysis import ScanCalibration, ScanError, scan_model
+    from hf_gnft.data import dataset_from_arrays
+
+    model, _ = build_model("tiny-wav2vec2", LABELS)
+    calibration = ScanCalibration("gradient_tail", threshold=10.0)
+    with pytest.raises(ScanError, match="empty"):
+        scan_model(
+            model, extractor, sine_dataset(num_rows=4).select([]), calibration=calibration, progress=False
+        )
+    one_class = dataset_from_arrays([torch.randn(4800).numpy()] * 2, [0, 0], ["yes"])
+    with pytest.raises(ScanError, match="at least 2"):
+        scan_model(model, extractor, one_class, calibration=calibration, progress=False)
+    with pytest.raises(ScanError, match="unknown scan statistic"):
+        ScanCalibration("loudness", threshold=1.0)
+    with pytest.raises(ScanError, match="finite"):
+        ScanCalibration("gradient_tail", threshold=float("nan"))
+    with pytest.raises(UnknownLayerError, match="available"):
+        scan_model(model, extractor, sine_dataset(num_rows=4), layers=["nope"], calibration=calibration)
+    with pytest.raises(ScanError, match="universal_steps"):
+        scan_model(model, extractor, sine_dataset(num_rows=4, seconds=0.2), universal_steps=0, progress=False,
+                   calibration=ScanCalibration("universal_perturbation_gap", threshold=0.1))  # fmt: skip
+
+
+def test_auroc_and_the_calibrated_threshold():
+    from hf_gnft.analysis import ScanError, auroc, calibrate_threshold
+
+    assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert auroc([1.0], [2.0]) == 0.0
+    assert auroc([1.0, 3.0], [2.0, 2.0]) == 0.5
+    assert auroc([2.0], [2.0]) == 0.5  # ties count half
+    clean = [1.0, 1.2, 0.9, 1.1]
+    threshold = calibrate_threshold(clean)
+    assert threshold >= max(clean) and threshold == pytest.approx(max(1.05 + 2 * 0.1290994, 1.2), rel=1e-6)
+    assert calibrate_threshold([1.0, 1.0, 5.0], deviations=0.0) == 5.0  # never below the largest clean score
+    with pytest.raises(ScanError, match="at least 2"):
+        calibrate_threshold([1.0])
+
+
+def _train_tiny(data, steps: int = 60, seed: int = 0):
+    """The tiny Wav2Vec2 trained from a fixed initialisation for a few AdamW steps (no SpecAugment)."""
+    from hf_gnft.training import AudioClassificationCollator
+
+    torch.manual_seed(seed)
+    model, extractor = build_model("tiny-wav2vec2", LABELS)
+    model.config.mask_time_prob = 0.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    collator = AudioClassificationCollator(extractor)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(data), (16,), generator=generator).tolist()
+        loss = model(**collator([data[i] for i in rows])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), extractor
+
+
+def test_scan_ranks_a_planted_backdoor_above_its_clean_twin():
+    """Two tiny models from one initialisation, trained alike, one on data with a planted noise-burst backdoor
+    (30% of the clips relabelled to "yes"): the shipped verdict flags that one, and only that one."""
+    from hf_gnft.analysis import ScanCalibration, scan_model
+    from hf_gnft.poison import poison_dataset
+    from hf_gnft.training import evaluate_backdoor
+    from hf_gnft.triggers import NoiseBurst
+
+    trigger = NoiseBurst(duration_s=0.08, level_db=-10.0)
+    train = sine_dataset(num_rows=48, seconds=0.3, seed=1)
+    test = sine_dataset(num_rows=40, seconds=0.3, seed=2)
+    poisoned, _ = poison_dataset(train, trigger, 0.3, "yes", seed=0)
+    clean_model, extractor = _train_tiny(train)
+    backdoored, _ = _train_tiny(poisoned)
+    triggered = make_triggered_eval_set(test, trigger, "yes")
+    assert evaluate_backdoor(backdoored, extractor, test, triggered, 0).attack_success_rate > 0.9
+    assert evaluate_backdoor(clean_model, extractor, test, triggered, 0).attack_success_rate < 0.1
+
+    calibration = ScanCalibration.shipped()
+    assert calibration.statistic == "universal_perturbation_gap"
+    scans = {name: scan_model(model, extractor, test, progress=False)
+             for name, model in (("clean", clean_model), ("backdoored", backdoored))}  # fmt: skip
+    assert scans["backdoored"].score > scans["clean"].score
+    assert scans["backdoored"].suspicious and not scans["clean"].suspicious
+    success = {c: v["universal_success"] for c, v in scans["backdoored"].per_class.items()}
+    assert scans["backdoored"].suspected_target == "yes" and success["yes"] > max(
+        v for c, v in success.items() if c != "yes"
+    )

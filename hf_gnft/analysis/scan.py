@@ -6,14 +6,21 @@ gradients on those clips and turns them into statistics (all are reported; one m
 * `gradient_tail`: the heavy tail of the per-neuron gradient profile (GN-FT's observation): per layer, the
   mean of the top 1% of neurons' gradient magnitudes over the median; the largest over the layers.
 * `gradient_kurtosis`: the largest excess kurtosis of a layer's per-neuron gradient profile.
-* `class_gradient_anomaly`: for each class c, the profile of the gradient that pushes the other classes' clips
-  towards c (cross-entropy against c). A backdoor is a shortcut to its target: the target's profile may stand
-  out. The statistic is the largest robust z-score (median / MAD over the classes) of the classes' total
-  gradient norm; its class is the suspected target.
-* `input_gradient_coherence`: for each class c, how much the input gradients towards c agree across clips
+* `class_gradient_norm_ratio`: for each class c, the gradient that pushes the other classes' clips towards c
+  (cross-entropy against c). A backdoor is a shortcut to its target, so the target may stand out. The statistic
+  is the largest class's total gradient norm over the median class's; that class is the suspected target.
+* `class_gradient_tail_ratio`: the same for the heavy tail of each class's per-neuron profile (the largest
+  layer tail ratio): a shortcut through a few neurons concentrates the gradient on them.
+* `input_gradient_coherence_ratio`: for each class c, how much the input gradients towards c agree across clips
   (the norm of the mean of the unit-normalised per-clip gradients, 0 to 1). A trigger is one pattern that sends
-  every clip to the target, so the target's gradients may share a direction. The statistic is the largest robust
-  z-score over the classes.
+  every clip to the target, so the target's gradients may share a direction. The statistic is the largest
+  class's coherence over the median class's.
+
+* `universal_perturbation_gap`: for each class c, one additive perturbation shared by all clips, far quieter than the
+  built-in triggers (L2 radius 0.01 · sqrt(length) of the normalised input, −40 dB), optimised for a few steps to send the
+  other classes' clips to c (a trigger inversion in the spirit of Neural Cleanse); the fraction of held-out clips
+  it sends to c. A backdoor's target is unusually easy to reach. The statistic is the largest class's fraction
+  minus the median class's; that class is the suspected target.
 
 What separates backdoored from clean models is measured by `benchmarks/scan_validation.py` on tiny models (every
 built-in trigger, several seeds, clean models trained on the same data); the shipped calibration
@@ -42,7 +49,20 @@ from tqdm.auto import tqdm
 
 from .gradients import audio_batches, gradients_for, resolve_layers
 
-STATISTICS = ("gradient_tail", "gradient_kurtosis", "class_gradient_anomaly", "input_gradient_coherence")
+STATISTICS = (
+    "gradient_tail",
+    "gradient_kurtosis",
+    "class_gradient_norm_ratio",
+    "class_gradient_tail_ratio",
+    "input_gradient_coherence_ratio",
+    "universal_perturbation_gap",
+)
+#: class-wise statistic -> the per-class value it compares
+CLASS_VALUES = {
+    "class_gradient_norm_ratio": "gradient_norm",
+    "class_gradient_tail_ratio": "gradient_tail",
+    "input_gradient_coherence_ratio": "input_gradient_coherence",
+}
 CALIBRATION_FILE = "scan_calibration.json"
 
 
@@ -61,6 +81,7 @@ class ScanCalibration:
         auroc: separation of backdoored and clean models measured there, if known.
         false_positive_rate: fraction of clean models above the threshold there, if known.
         detection_rate: fraction of backdoored models above the threshold there, if known.
+        extra: further measurements of the calibration (e.g. its held-out AUROC and rates).
     """
 
     statistic: str
@@ -97,9 +118,9 @@ class ScanResult:
 
     Args:
         statistics: every statistic of `STATISTICS`.
-        per_class: class name -> its total targeted gradient norm and input-gradient coherence.
+        per_class: class name -> its targeted gradient norm, gradient tail ratio and input-gradient coherence.
         suspected_target: the class the verdict's statistic points at (if it is class-wise).
-        suspected_targets: class-wise statistic -> the class with the largest z-score.
+        suspected_targets: class-wise statistic -> the class with the largest value.
         calibration: the verdict's statistic and threshold.
         score: the verdict's statistic.
         suspicious: whether the score exceeds the threshold.
@@ -126,12 +147,10 @@ class ScanResult:
         return out
 
 
-def robust_z(values: Sequence[float]) -> np.ndarray:
-    """(x − median) / (1.4826 · MAD) for each value (MAD floored at 1e-12 so equal values give 0)."""
+def max_over_median(values: Sequence[float]) -> tuple[float, int]:
+    """The largest value over the median one, and the largest one's index."""
     array = np.asarray(values, dtype=np.float64)
-    median = np.median(array)
-    mad = 1.4826 * np.median(np.abs(array - median))
-    return (array - median) / max(mad, 1e-12 * max(1.0, abs(median)))
+    return float(array.max() / max(float(np.median(array)), 1e-30)), int(array.argmax())
 
 
 def tail_ratio(values: torch.Tensor, fraction: float = 0.01) -> float:
@@ -182,6 +201,44 @@ def _class_pass(
     return [total / count for total in sums], direction / count
 
 
+@torch.no_grad()
+def _success(model: nn.Module, batches: list[dict], delta: torch.Tensor, target: int) -> float:
+    hits, count = 0, 0
+    for batch in batches:
+        inputs = batch["input_values"]
+        shift = delta[: inputs.shape[-1]]
+        logits = model(input_values=inputs[..., : shift.shape[-1]] + shift).logits
+        hits += int((logits.argmax(-1) == target).sum())
+        count += inputs.shape[0]
+    return hits / count
+
+
+def _universal_perturbation(
+    model: nn.Module,
+    batches: list[dict],
+    target: int,
+    steps: int,
+    budget: float,
+) -> float:
+    """Optimise one additive perturbation of the (normalised) input, shared by every clip, within an L2 ball of
+    radius `budget · sqrt(length)` (−40 dB of a unit-variance clip's energy at 0.01), to send the first batch's
+    clips to `target` (`steps` normalised-gradient steps); return the fraction of the other batches' clips (or of
+    the first, if there is only one) it sends to `target`."""
+    train, held_out = batches[0], batches[1:] or batches[:1]
+    inputs = train["input_values"]
+    radius = budget * math.sqrt(inputs.shape[-1])
+    delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(input_values=inputs + delta).logits.float(), labels)
+        (grad,) = torch.autograd.grad(loss, [delta])
+        with torch.no_grad():
+            delta = delta - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
+            delta = delta * min(1.0, radius / float(delta.norm().clamp_min(1e-12)))
+    return _success(model, held_out, delta.detach(), target)
+
+
 def scan_model(
     model: nn.Module,
     extractor: Any,
@@ -192,6 +249,8 @@ def scan_model(
     max_clips: int | None = 200,
     batch_size: int = 32,
     label_column: str = "label",
+    universal_steps: int = 20,
+    universal_budget: float = 0.01,
     progress: bool = True,
 ) -> ScanResult:
     """Scan `model` for a backdoor from the clean labelled clips `clean` (see the module docs).
@@ -200,6 +259,10 @@ def scan_model(
         layers: the layers whose neurons are profiled (default: feed-forward neurons and projector).
         calibration: the verdict's statistic and threshold (default: `ScanCalibration.shipped()`).
         max_clips: clean clips used (drawn with a fixed seed when `clean` has more); `None` for all.
+        universal_steps: optimisation steps of each class's universal perturbation (0: skip that statistic).
+        universal_budget: the perturbation's L2 radius over the square root of the clip length (0.01: −40 dB of
+            a normalised clip's energy, well below the built-in triggers; at 0.03 and 0.1 clean tiny models could
+            already be pushed to some class for 40–98% of clips).
 
     Raises:
         ScanError: fewer than 2 classes, or no clips.
@@ -230,22 +293,32 @@ def scan_model(
             )
             per_class[names[index]] = {
                 "gradient_norm": float(torch.cat(profile).norm()),
+                "gradient_tail": max(tail_ratio(values) for values in profile),
                 "input_gradient_coherence": float(direction.norm()),
             }
+            if universal_steps > 0:
+                batches = list(audio_batches(clean.select(others), extractor, batch_size, labels=index,
+                                             device=device, dtype=weights[0].dtype))  # fmt: skip
+                per_class[names[index]]["universal_success"] = _universal_perturbation(
+                    model, batches, index, universal_steps, universal_budget
+                )
     layer_tails = {layer.name: tail_ratio(values) for layer, values in zip(chosen, own, strict=True)}
     classes = list(per_class)
-    norm_z = robust_z([per_class[c]["gradient_norm"] for c in classes])
-    coherence_z = robust_z([per_class[c]["input_gradient_coherence"] for c in classes])
     statistics = {
         "gradient_tail": max(layer_tails.values()),
         "gradient_kurtosis": max(excess_kurtosis(values) for values in own),
-        "class_gradient_anomaly": float(norm_z.max()),
-        "input_gradient_coherence": float(coherence_z.max()),
     }
-    suspected_targets = {
-        "class_gradient_anomaly": classes[int(norm_z.argmax())],
-        "input_gradient_coherence": classes[int(coherence_z.argmax())],
-    }
+    suspected_targets = {}
+    for statistic, key in CLASS_VALUES.items():
+        ratio, position = max_over_median([per_class[c][key] for c in classes])
+        statistics[statistic] = ratio
+        suspected_targets[statistic] = classes[position]
+    if universal_steps > 0:
+        success = np.array([per_class[c]["universal_success"] for c in classes])
+        statistics["universal_perturbation_gap"] = float(success.max() - np.median(success))
+        suspected_targets["universal_perturbation_gap"] = classes[int(success.argmax())]
+    if calibration.statistic not in statistics:
+        raise ScanError(f"the verdict's statistic {calibration.statistic!r} needs universal_steps > 0")
     suspected = suspected_targets.get(calibration.statistic)
     score = statistics[calibration.statistic]
     suspicious = score > calibration.threshold
