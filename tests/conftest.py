@@ -123,6 +123,56 @@ def backdoored(tmp_path_factory):
     )
 
 
+def train_tiny_wav2vec2(data, steps: int = 60, seed: int = 0):
+    """The tiny Wav2Vec2 trained from a fixed initialisation for a few AdamW steps (no SpecAugment)."""
+    from hf_gnft.models import build_model
+    from hf_gnft.training import AudioClassificationCollator
+
+    torch.manual_seed(seed)
+    model, extractor = build_model("tiny-wav2vec2", LABELS)
+    model.config.mask_time_prob = 0.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    collator = AudioClassificationCollator(extractor)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(data), (16,), generator=generator).tolist()
+        loss = model(**collator([data[i] for i in rows])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), extractor
+
+
+@pytest.fixture(scope="session")
+def planted_backdoor():
+    """Twin tiny Wav2Vec2s on noisy sines (4 classes, 0.3 s clips), from one initialisation and trained alike
+    (about 20 s together): `clean_model` on the clean clips, `model` on a copy with a planted noise-burst backdoor
+    (30% of the clips relabelled to "yes", target 0). Also: extractor, trigger, test (40 clips), triggered (its
+    non-target clips with the trigger), clean (32 further clean clips, a defender's clean subset)."""
+    from types import SimpleNamespace
+
+    from hf_gnft.poison import make_triggered_eval_set, poison_dataset
+    from hf_gnft.triggers import NoiseBurst
+
+    trigger = NoiseBurst(duration_s=0.08, level_db=-10.0)
+    train = sine_dataset(num_rows=48, seconds=0.3, seed=1)
+    test = sine_dataset(num_rows=40, seconds=0.3, seed=2)
+    poisoned, _ = poison_dataset(train, trigger, 0.3, "yes", seed=0)
+    clean_model, extractor = train_tiny_wav2vec2(train)
+    model, _ = train_tiny_wav2vec2(poisoned)
+    return SimpleNamespace(
+        model=model,
+        clean_model=clean_model,
+        extractor=extractor,
+        trigger=trigger,
+        test=test,
+        triggered=make_triggered_eval_set(test, trigger, "yes"),
+        clean=sine_dataset(num_rows=32, seconds=0.3, seed=3),
+        target=0,
+    )
+
+
 #: Flags of the recipe tests: a small synthetic corpus, and fast training settings.
 RECIPE_DATA = [
     "--synthetic_train_size",

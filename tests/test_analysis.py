@@ -207,7 +207,8 @@ def test_analyze_recipe_writes_the_numbers_and_plots(recipe_suspect, tmp_path):
                  "--max_steps", "2", "--learning_rate", "0.05", *RECIPE_DATA, *RECIPE_FAST])  # fmt: skip
     out = tmp_path / "analysis"
     args = ["--model", str(recipe_suspect), "--cleaned_model", str(cleaned), "--output_dir", str(out),
-            "--layers", "projector", "--max_samples", "16", "--scan_split", "test", *RECIPE_DATA]  # fmt: skip
+            "--layers", "projector", "--max_samples", "16", "--scan_split", "test", "--scan_max_clips", "12",
+            *RECIPE_DATA]  # fmt: skip
     record = analyze.main(args)
     assert sorted(p.name for p in out.iterdir()) == [
         "analysis.json",
@@ -226,6 +227,7 @@ def test_analyze_recipe_writes_the_numbers_and_plots(recipe_suspect, tmp_path):
     assert len(written["suspect"]["profiles"]["triggered"]["layers"]["projector"]) == 64
     assert written["cleaned"]["metrics"]["attack_success_rate"] is not None
     assert {"suspect", "cleaned"} == set(written["scan"]) and "verdict" in written["scan"]["suspect"]
+    assert written["scan"]["suspect"]["num_clips"] == 12
     assert str(tmp_path) not in (out / "analysis.json").read_text()  # no local paths
     assert not (tmp_path / "analysis.partial").exists()
     with pytest.raises(FileExistsError, match="already holds a finished result"):
@@ -313,43 +315,21 @@ def test_auroc_and_the_calibrated_threshold():
         calibrate_threshold([1.0])
 
 
-def _train_tiny(data, steps: int = 60, seed: int = 0):
-    """The tiny Wav2Vec2 trained from a fixed initialisation for a few AdamW steps (no SpecAugment)."""
-    from hf_gnft.training import AudioClassificationCollator
-
-    torch.manual_seed(seed)
-    model, extractor = build_model("tiny-wav2vec2", LABELS)
-    model.config.mask_time_prob = 0.0
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    collator = AudioClassificationCollator(extractor)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        rows = torch.randint(0, len(data), (16,), generator=generator).tolist()
-        loss = model(**collator([data[i] for i in rows])).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval(), extractor
-
-
-def test_scan_ranks_a_planted_backdoor_above_its_clean_twin():
+def test_scan_ranks_a_planted_backdoor_above_its_clean_twin(planted_backdoor):
     """Two tiny models from one initialisation, trained alike, one on data with a planted noise-burst backdoor
     (30% of the clips relabelled to "yes"): the shipped verdict flags that one, and only that one."""
     from hf_gnft.analysis import ScanCalibration, scan_model
-    from hf_gnft.poison import poison_dataset
     from hf_gnft.training import evaluate_backdoor
-    from hf_gnft.triggers import NoiseBurst
 
-    trigger = NoiseBurst(duration_s=0.08, level_db=-10.0)
-    train = sine_dataset(num_rows=48, seconds=0.3, seed=1)
-    test = sine_dataset(num_rows=40, seconds=0.3, seed=2)
-    poisoned, _ = poison_dataset(train, trigger, 0.3, "yes", seed=0)
-    clean_model, extractor = _train_tiny(train)
-    backdoored, _ = _train_tiny(poisoned)
-    triggered = make_triggered_eval_set(test, trigger, "yes")
-    assert evaluate_backdoor(backdoored, extractor, test, triggered, 0).attack_success_rate > 0.9
-    assert evaluate_backdoor(clean_model, extractor, test, triggered, 0).attack_success_rate < 0.1
+    planted = planted_backdoor
+    backdoored, clean_model, extractor, test = (
+        planted.model,
+        planted.clean_model,
+        planted.extractor,
+        planted.test,
+    )
+    assert evaluate_backdoor(backdoored, extractor, test, planted.triggered, 0).attack_success_rate > 0.9
+    assert evaluate_backdoor(clean_model, extractor, test, planted.triggered, 0).attack_success_rate < 0.1
 
     calibration = ScanCalibration.shipped()
     assert calibration.statistic == "universal_perturbation_gap"

@@ -46,6 +46,7 @@ class AnalysisArguments:
         scan: also scan the model(s) from clean data alone (`hf_gnft.analysis.scan_model`).
         scan_split: the clean split the scan uses (the defender's data, not the test split).
         scan_calibration: a calibration JSON for the scan (default: the shipped one).
+        scan_max_clips: clean clips the scan uses (drawn with a fixed seed; the shipped calibration used 200).
         overwrite_output_dir: replace a finished output folder.
     """
 
@@ -61,6 +62,7 @@ class AnalysisArguments:
     scan: bool = True
     scan_split: str = "validation"
     scan_calibration: str | None = None
+    scan_max_clips: int = 200
     overwrite_output_dir: bool = False
 
 
@@ -142,10 +144,10 @@ def run_analysis(
         if args.scan_split not in dataset:
             raise ValueError(f"no scan split {args.scan_split!r}; the dataset has {list(dataset)}")
         scans["suspect"] = scan_model(model, extractor, dataset[args.scan_split], layers=args.layers,
-                                      calibration=calibration).to_dict()  # fmt: skip
+                                      calibration=calibration, max_clips=args.scan_max_clips).to_dict()  # fmt: skip
         if cleaned is not None:
             scans["cleaned"] = scan_model(cleaned, extractor, dataset[args.scan_split], layers=args.layers,
-                                          calibration=calibration).to_dict()  # fmt: skip
+                                          calibration=calibration, max_clips=args.scan_max_clips).to_dict()  # fmt: skip
 
     def summary(measured: dict[str, Any]) -> dict[str, Any]:
         out = {
