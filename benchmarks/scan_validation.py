@@ -248,12 +248,8 @@ def write_report(rows: list[dict], report: dict, out: Path, command: str) -> Non
         "|---|---|---|---|---|---|" + "---|" * len(STATISTICS),
     ]
     for r in rows:
-        asr = f"{100 * r['attack_success_rate']:.1f}" if r["attack_success_rate"] is not None else ""
         stats = " | ".join(f"{r['statistics'][s]:.3g}" for s in STATISTICS)
-        lines.append(
-            f"| {r['model']} | {r['trigger'] or 'clean'} | {r['seed']} | {r['target'] or ''} "
-            f"| {100 * r['clean_accuracy']:.1f} | {asr} | {stats} |"
-        )
+        lines.append(f"{model_cells(r)} {stats} |")
     lines += ["", f"Command: `{command}`. Machine: {machine_description()}."]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
@@ -281,8 +277,13 @@ def write_report(rows: list[dict], report: dict, out: Path, command: str) -> Non
     plt.close(figure)
 
 
-def _percent(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
+def model_cells(row: dict) -> str:
+    """The first cells of a model's row in the reports: model, trigger, seed, target, CA and ASR (%)."""
+    asr = f"{100 * row['attack_success_rate']:.1f}" if row["attack_success_rate"] is not None else ""
+    return (
+        f"| {row['model']} | {row['trigger'] or 'clean'} | {row['seed']} | {row['target'] or ''} "
+        f"| {100 * row['clean_accuracy']:.1f} | {asr} |"
+    )
 
 
 def transfer_report(rows: list[dict], calibration: ScanCalibration, out: Path, command: str) -> None:
@@ -298,9 +299,9 @@ def transfer_report(rows: list[dict], calibration: ScanCalibration, out: Path, c
     flagged = [r for r in negative if r["statistics"][statistic] > threshold]
     identified = [r for r in positive if r["suspected_targets"].get(statistic) == r["target"]]
     lines = [
-        f"Transfer of the shipped scan calibration (`{statistic}` > {threshold:.3g}, calibrated on "
-        f"{calibration.source.split(':')[1].split(' on ')[0].strip()}) to {len(positive)} backdoored and "
-        f"{len(negative)} clean {'/'.join(sorted({r['model'] for r in rows}))} models.",
+        f"Transfer of the shipped scan calibration (`{statistic}` > {threshold:.3g}) to {len(positive)} backdoored "
+        f"and {len(negative)} clean {'/'.join(sorted({r['model'] for r in rows}))} models. The calibration: "
+        f"{calibration.source or 'no source recorded'}.",
         "",
         "| statistic | AUROC |",
         "|---|---|",
@@ -313,10 +314,7 @@ def transfer_report(rows: list[dict], calibration: ScanCalibration, out: Path, c
         "| model | trigger | seed | target | CA | ASR | " + statistic + " | suspected target |",
         "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r['model']} | {r['trigger'] or 'clean'} | {r['seed']} | {r['target'] or ''} | "
-            f"{100 * r['clean_accuracy']:.1f} | "
-            f"{_percent(r['attack_success_rate'])} | "
-            f"{r['statistics'][statistic]:.3g} | {r['suspected_targets'].get(statistic, '')} |"
+            f"{model_cells(r)} {r['statistics'][statistic]:.3g} | {r['suspected_targets'].get(statistic, '')} |"
             for r in rows
         ),
         "",
@@ -393,7 +391,10 @@ def main() -> None:
             rows,
             ScanCalibration.shipped(),
             out,
-            " ".join(["python benchmarks/scan_validation.py", *sys.argv[1:]]),
+            # --report_only re-reads the same scans, so the command that made them is the one to record
+            " ".join(
+                ["python benchmarks/scan_validation.py", *(a for a in sys.argv[1:] if a != "--report_only")]
+            ),
         )
         return
     report = evaluate(rows, args.calibration_seeds, args.calibration_clean_seeds)

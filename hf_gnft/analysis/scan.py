@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -171,21 +171,14 @@ def excess_kurtosis(values: torch.Tensor) -> float:
 
 
 def _class_pass(
-    model: nn.Module,
-    extractor: Any,
-    clips: Dataset,
-    weights: list[torch.Tensor],
-    target: int | None,
-    batch_size: int,
-    device: torch.device,
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], weights: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per-neuron gradient magnitudes of `weights` (batch-mean loss, averaged over batches) and the mean of
-    the unit-normalised per-clip input gradients, for the loss against `target` (None: each clip's label)."""
+    the unit-normalised per-clip input gradients, for the loss against each batch's `labels`."""
     sums = [torch.zeros(w.shape[0], dtype=torch.float64) for w in weights]
     direction = None
     count = 0
-    dtype = weights[0].dtype
-    for batch in audio_batches(clips, extractor, batch_size, labels=target, device=device, dtype=dtype):
+    for batch in batches:
         inputs = batch["input_values"].detach().requires_grad_(True)
         extra = {key: value for key, value in batch.items() if key not in ("input_values", "labels")}
         logits = model(input_values=inputs, **extra).logits.float()
@@ -281,24 +274,25 @@ def scan_model(
         raise ScanError("the scan compares classes: the model must have at least 2")
     device = next(model.parameters()).device
     weights = [layer.module.weight for layer in chosen]
+    batching = {"device": device, "dtype": weights[0].dtype}
     per_class: dict[str, dict[str, float]] = {}
     with gradients_for(model, weights):
-        own, _ = _class_pass(model, extractor, clean, weights, None, batch_size, device)
+        own, _ = _class_pass(model, audio_batches(clean, extractor, batch_size, **batching), weights)
         for index in tqdm(range(len(names)), desc="Scanning classes", disable=not progress):
             others = np.flatnonzero(labels != index)
             if others.size == 0:
                 continue
-            profile, direction = _class_pass(
-                model, extractor, clean.select(others), weights, index, batch_size, device
+            # the other classes' clips labelled as this class, decoded once for both passes
+            batches = list(
+                audio_batches(clean.select(others), extractor, batch_size, labels=index, **batching)
             )
+            profile, direction = _class_pass(model, batches, weights)
             per_class[names[index]] = {
                 "gradient_norm": float(torch.cat(profile).norm()),
                 "gradient_tail": max(tail_ratio(values) for values in profile),
                 "input_gradient_coherence": float(direction.norm()),
             }
             if universal_steps > 0:
-                batches = list(audio_batches(clean.select(others), extractor, batch_size, labels=index,
-                                             device=device, dtype=weights[0].dtype))  # fmt: skip
                 per_class[names[index]]["universal_success"] = _universal_perturbation(
                     model, batches, index, universal_steps, universal_budget
                 )
