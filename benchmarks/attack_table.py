@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.attack import METRICS_FILE, AttackArguments, DataArguments, ModelArguments, run_attack
+from hf_gnft.attack import METRICS_FILE, AttackArguments, ModelArguments, run_attack
+from hf_gnft.data.arguments import DataArguments
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import reference_triggers
 

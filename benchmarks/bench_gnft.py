@@ -42,8 +42,8 @@ BASE_WAV2VEC2 = {  # wav2vec2-base sizes (about 95M parameters), random init
 
 def child(model_name: str, mode: str, batch_size: int, steps: int) -> dict:
     from hf_gnft.data import dataset_from_arrays
-    from hf_gnft.gnft_config import GNFTConfig
-    from hf_gnft.gnft_trainer import GNFTTrainer
+    from hf_gnft.defenses.gnft_config import GNFTConfig
+    from hf_gnft.defenses.gnft_trainer import GNFTTrainer
     from hf_gnft.models import build_model
     from hf_gnft.training import AudioClassificationCollator
 

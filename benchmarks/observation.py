@@ -22,17 +22,12 @@ from pathlib import Path
 import torch
 
 from hf_gnft.analysis import ANALYSIS_FILE, AnalysisArguments, run_analysis
-from hf_gnft.attack import (
-    ATTACK_SPEC_FILE,
-    METRICS_FILE,
-    DataArguments,
-    ModelArguments,
-    machine_description,
-    run_clean_training,
-)
+from hf_gnft.attack import ATTACK_SPEC_FILE, METRICS_FILE, ModelArguments, run_clean_training
 from hf_gnft.benchmark import Benchmark, BenchmarkConfig, choose_cells
-from hf_gnft.defense import CleanDataArguments, DefenseConfig, SuspectModelArguments, run_defense
-from hf_gnft.outputs import atomic_write_text
+from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+from hf_gnft.defenses.gnft_config import DefenseConfig
+from hf_gnft.outputs import atomic_write_text, machine_description
+from hf_gnft.pipeline import SuspectModelArguments, run_defense
 from hf_gnft.trainer_args import KeywordTrainingArguments
 
 HERE = Path(__file__).resolve().parent

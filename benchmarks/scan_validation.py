@@ -40,15 +40,14 @@ from hf_gnft.attack import (
     ATTACK_SPEC_FILE,
     METRICS_FILE,
     AttackArguments,
-    DataArguments,
     ModelArguments,
-    machine_description,
     run_attack,
     run_clean_training,
 )
+from hf_gnft.data.arguments import DataArguments
 from hf_gnft.data.keywords import KEYWORDS
 from hf_gnft.models import load_suspect_model
-from hf_gnft.outputs import atomic_write_text
+from hf_gnft.outputs import atomic_write_text, machine_description
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import reference_triggers
 

@@ -25,16 +25,11 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.attack import METRICS_FILE, AttackArguments, DataArguments, ModelArguments, run_attack
+from hf_gnft.attack import METRICS_FILE, AttackArguments, ModelArguments, run_attack
 from hf_gnft.benchmark import decorate_ca_asr_axis
-from hf_gnft.defense import (
-    CleanDataArguments,
-    DefenseConfig,
-    SuspectModelArguments,
-    choose_learning_rate,
-    run_defense,
-    validation_drop,
-)
+from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+from hf_gnft.defenses.gnft_config import DefenseConfig
+from hf_gnft.pipeline import SuspectModelArguments, choose_learning_rate, run_defense, validation_drop
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import NoiseBurst, Tone
 

@@ -13,7 +13,6 @@ from .analysis import (
 from .attack import (
     AttackArguments,
     AttackResult,
-    DataArguments,
     ModelArguments,
     run_attack,
     run_clean_training,
@@ -30,22 +29,8 @@ from .data import (
     select_keywords,
     speech_commands,
 )
-from .defense import (
-    CleanDataArguments,
-    CleanDataError,
-    DefenseConfig,
-    DefenseResult,
-    LearningRateSearchArguments,
-    SuspectModelArguments,
-    choose_learning_rate,
-    choose_strongest,
-    run_defense,
-    search_learning_rate,
-    validation_drop,
-)
-from .defenses import DEFENSE_METHODS, DefenseOutcome, get_defense
-from .gnft_config import GNFTConfig
-from .gnft_trainer import GNFTTrainer
+from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
+from .defenses import DEFENSE_METHODS, DefenseConfig, DefenseOutcome, GNFTConfig, GNFTTrainer, get_defense
 from .hub import HubPushError, build_model_card, hub_files, push_output_dir, write_model_card
 from .metrics import (
     BackdoorMetrics,
@@ -66,6 +51,16 @@ from .models import (
     load_suspect_model,
 )
 from .outputs import OutputExistsError, staged_output_dir
+from .pipeline import (
+    DefenseResult,
+    LearningRateSearchArguments,
+    SuspectModelArguments,
+    choose_learning_rate,
+    choose_strongest,
+    run_defense,
+    search_learning_rate,
+    validation_drop,
+)
 from .poison import AttackSpec, PoisonError, make_triggered_eval_set, poison_dataset, select_poison_indices
 from .trainer_args import KeywordTrainingArguments
 from .training import (

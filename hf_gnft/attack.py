@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import DatasetDict
 
 from .audio import AudioError
-from .data.loading import load_keyword_dataset
-from .data.synthetic import SyntheticKeywordsConfig, load_synthetic_keywords
+from .data.arguments import DataArguments
 from .models import build_model
-from .outputs import check_output_dir, resume_checkpoint, save_shareable_model, staged_output_dir
+from .outputs import (
+    check_output_dir,
+    machine_description,
+    resume_checkpoint,
+    save_shareable_model,
+    staged_output_dir,
+)
 from .poison import (
     POISON_MODES,
     AttackSpec,
@@ -39,75 +41,6 @@ logger = logging.getLogger(__name__)
 
 ATTACK_SPEC_FILE = "attack_spec.json"
 METRICS_FILE = "metrics.json"
-
-
-@dataclass
-class DataArguments:
-    """Where the keyword data comes from.
-
-    Args:
-        dataset: "synthetic" (the embedded eSpeak NG corpus), a Hub id (e.g. "google/speech_commands"),
-            a local dataset folder, or "audiofolder" (with `data_dir`).
-        dataset_config: the dataset's configuration name (e.g. "v0.02").
-        data_dir: folder of an audiofolder dataset.
-        revision: Hub revision of the dataset.
-        train_split: split to poison and train on.
-        test_split: held-out split for CA / ASR / RA.
-        audio_column: audio column of a real dataset.
-        label_column: label column of a real dataset.
-        synthetic_train_size: clips in the synthetic train split.
-        synthetic_validation_size: clips in the synthetic validation split.
-        synthetic_test_size: clips in the synthetic test split.
-        synthetic_seed: seed of the synthetic corpus.
-        include_silence: synthetic corpus: add a `_silence_` class.
-        include_unknown: synthetic corpus: add an `_unknown_` class.
-        cache_dir: where datasets and the synthetic corpus are cached.
-        num_proc: processes for rendering and poisoning.
-        sampling_rate: the rate the audio is resampled to; must be the model's.
-    """
-
-    dataset: str = "synthetic"
-    dataset_config: str | None = None
-    data_dir: str | None = None
-    revision: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    audio_column: str = "audio"
-    label_column: str = "label"
-    synthetic_train_size: int = 4000
-    synthetic_validation_size: int = 500
-    synthetic_test_size: int = 1000
-    synthetic_seed: int = 0
-    include_silence: bool = False
-    include_unknown: bool = False
-    cache_dir: str | None = None
-    num_proc: int | None = None
-    sampling_rate: int = 16_000
-
-    def load(self, sampling_rate: int) -> DatasetDict:
-        """The dataset as a `DatasetDict` with `audio` (decode=False, at `sampling_rate`) and `label` columns."""
-        if self.dataset == "synthetic":
-            config = SyntheticKeywordsConfig(
-                train_size=self.synthetic_train_size,
-                validation_size=self.synthetic_validation_size,
-                test_size=self.synthetic_test_size,
-                include_silence=self.include_silence,
-                include_unknown=self.include_unknown,
-                seed=self.synthetic_seed,
-                sampling_rate=sampling_rate,
-            )
-            return load_synthetic_keywords(config, cache_dir=self.cache_dir, num_proc=self.num_proc)
-        return load_keyword_dataset(
-            self.dataset,
-            name=self.dataset_config,
-            data_dir=self.data_dir,
-            revision=self.revision,
-            audio_column=self.audio_column,
-            label_column=self.label_column,
-            sampling_rate=sampling_rate,
-            num_proc=self.num_proc,
-            cache_dir=self.cache_dir,
-        )
 
 
 @dataclass
@@ -164,11 +97,6 @@ class AttackResult:
     output_dir: str
     spec: AttackSpec | None
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def machine_description() -> str:
-    """The machine a run used, for the records it writes."""
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def _load_and_build(

@@ -29,15 +29,15 @@ from .attack import (
     ATTACK_SPEC_FILE,
     METRICS_FILE,
     AttackArguments,
-    DataArguments,
     ModelArguments,
-    machine_description,
     run_attack,
 )
-from .defense import CleanDataArguments, choose_strongest, load_suspect_model, validation_drop
+from .data.arguments import CleanDataArguments, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
 from .metrics import BackdoorMetrics
-from .outputs import atomic_write_text
+from .models import load_suspect_model
+from .outputs import atomic_write_text, machine_description
+from .pipeline import choose_strongest, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor

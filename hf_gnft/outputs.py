@@ -11,18 +11,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import FeatureExtractionMixin, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+
+
+def machine_description() -> str:
+    """The machine a run used, for the records it writes."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 class OutputExistsError(FileExistsError):

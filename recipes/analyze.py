@@ -19,9 +19,9 @@ import json
 import logging
 
 from hf_gnft.analysis import AnalysisArguments, run_analysis
-from hf_gnft.attack import DataArguments
 from hf_gnft.cli import parse_recipe_args
-from hf_gnft.defense import SuspectModelArguments
+from hf_gnft.data.arguments import DataArguments
+from hf_gnft.pipeline import SuspectModelArguments
 
 
 def main(argv: list[str] | None = None) -> dict:

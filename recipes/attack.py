@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 
-from hf_gnft.attack import AttackArguments, DataArguments, ModelArguments, run_attack
+from hf_gnft.attack import AttackArguments, ModelArguments, run_attack
 from hf_gnft.cli import parse_recipe_args
+from hf_gnft.data.arguments import DataArguments
 from hf_gnft.trainer_args import KeywordTrainingArguments
 
 

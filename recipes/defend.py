@@ -30,11 +30,10 @@ from __future__ import annotations
 import json
 import logging
 
-from hf_gnft.attack import DataArguments
 from hf_gnft.cli import parse_recipe_args
-from hf_gnft.defense import (
-    CleanDataArguments,
-    DefenseConfig,
+from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+from hf_gnft.defenses.gnft_config import DefenseConfig
+from hf_gnft.pipeline import (
     LearningRateSearchArguments,
     SuspectModelArguments,
     run_defense,

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.attack import AttackArguments, DataArguments, ModelArguments, run_attack
-from hf_gnft.defense import CleanDataArguments, DefenseConfig, SuspectModelArguments, run_defense
+from hf_gnft.attack import AttackArguments, ModelArguments, run_attack
+from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+from hf_gnft.defenses.gnft_config import DefenseConfig
+from hf_gnft.pipeline import SuspectModelArguments, run_defense
 from hf_gnft.trainer_args import KeywordTrainingArguments
 
 

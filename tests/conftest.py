@@ -87,8 +87,9 @@ def backdoored(tmp_path_factory):
     import json
     from types import SimpleNamespace
 
-    from hf_gnft.attack import AttackArguments, DataArguments, ModelArguments, run_attack
-    from hf_gnft.defense import CleanDataArguments, load_suspect_model
+    from hf_gnft.attack import AttackArguments, ModelArguments, run_attack
+    from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+    from hf_gnft.models import load_suspect_model
     from hf_gnft.poison import AttackSpec, make_triggered_eval_set
     from hf_gnft.trainer_args import KeywordTrainingArguments
     from hf_gnft.training import evaluate_backdoor

@@ -111,7 +111,8 @@ def test_attack_recipe_runs_on_a_local_audiofolder(tmp_path, tiny_corpus):
 
 
 def test_clean_training_writes_the_reference_model_without_an_attack(tmp_path):
-    from hf_gnft.attack import DataArguments, ModelArguments, run_clean_training
+    from hf_gnft.attack import ModelArguments, run_clean_training
+    from hf_gnft.data.arguments import DataArguments
     from hf_gnft.trainer_args import KeywordTrainingArguments
 
     out = tmp_path / "clean"

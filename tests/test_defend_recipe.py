@@ -14,12 +14,8 @@ from conftest import RECIPE_DATA as DATA  # noqa: E402
 from conftest import RECIPE_FAST as FAST  # noqa: E402
 from conftest import minimal_defense_record  # noqa: E402
 
-from hf_gnft.defense import (  # noqa: E402
-    CleanDataArguments,
-    CleanDataError,
-    choose_learning_rate,
-    validation_drop,
-)
+from hf_gnft.data.arguments import CleanDataArguments, CleanDataError
+from hf_gnft.pipeline import choose_learning_rate, validation_drop
 
 
 @pytest.fixture
@@ -222,13 +218,9 @@ def fake_defense(monkeypatch):
 
 
 def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False):
-    from hf_gnft.attack import DataArguments
-    from hf_gnft.defense import (
-        DefenseConfig,
-        LearningRateSearchArguments,
-        SuspectModelArguments,
-        search_learning_rate,
-    )
+    from hf_gnft.data.arguments import DataArguments
+    from hf_gnft.defenses.gnft_config import DefenseConfig
+    from hf_gnft.pipeline import LearningRateSearchArguments, SuspectModelArguments, search_learning_rate
 
     return search_learning_rate(
         DataArguments(),
@@ -297,7 +289,7 @@ def test_learning_rate_search_needs_a_validation_split(tmp_path, suspect):
 
 
 def test_learning_rate_grid_must_be_positive():
-    from hf_gnft.defense import LearningRateSearchArguments
+    from hf_gnft.pipeline import LearningRateSearchArguments
 
     with pytest.raises(ValueError, match="positive"):
         LearningRateSearchArguments(learning_rate_grid=[0.1, -1.0])
@@ -337,7 +329,7 @@ def test_defend_runs_from_a_config_file_with_overrides(tmp_path, suspect):
 
 
 def test_choose_strongest_follows_the_direction_of_the_knob():
-    from hf_gnft.defense import choose_strongest
+    from hf_gnft.pipeline import choose_strongest
 
     drops = {2.0: [0.05], 3.0: [0.01], 4.0: [0.0]}  # CLP: a smaller u prunes more
     assert choose_strongest(drops, larger_is_stronger=False) == 3.0

@@ -9,8 +9,8 @@ from conftest import LABELS, sine_dataset, tiny_float64_model
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback, TrainingArguments
 
-from hf_gnft.gnft_config import GNFTConfig
-from hf_gnft.gnft_trainer import GNFTTrainer
+from hf_gnft.defenses.gnft_config import GNFTConfig
+from hf_gnft.defenses.gnft_trainer import GNFTTrainer
 from hf_gnft.models import build_model
 from hf_gnft.training import AudioClassificationCollator, AudioClassificationTrainer
 
@@ -225,7 +225,7 @@ def test_non_finite_gradient_skips_the_micro_batch_and_keeps_weights_finite(tmp_
     trainer = GNFTTrainer(
         model=model, args=config(tmp_path), train_dataset=data8, data_collator=PoisonedCollator(extractor)
     )
-    with caplog.at_level(logging.WARNING, logger="hf_gnft.gnft_trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_gnft.defenses.gnft_trainer"):
         trainer.train()
     assert torch.isfinite(flat(model)).all()
     assert torch.equal(flat(model), before)  # plain SGD, no weight decay: a dropped micro-batch moves nothing

@@ -205,7 +205,7 @@ def test_two_process_defense_publishes_one_complete_output(recipe_suspect, tmp_p
 
 
 def test_several_processes_without_a_distributed_run_are_refused(monkeypatch, tmp_path):
-    from hf_gnft.defense import DefenseConfig
+    from hf_gnft.defenses.gnft_config import DefenseConfig
     from hf_gnft.trainer_args import is_main_process
 
     monkeypatch.setenv("WORLD_SIZE", "2")

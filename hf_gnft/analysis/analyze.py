@@ -14,10 +14,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from ..attack import ATTACK_SPEC_FILE, DataArguments, machine_description
-from ..defense import SuspectModelArguments
+from ..attack import ATTACK_SPEC_FILE
+from ..data.arguments import DataArguments
 from ..models import load_suspect_model
-from ..outputs import atomic_write_text, check_output_dir, staged_output_dir
+from ..outputs import atomic_write_text, check_output_dir, machine_description, staged_output_dir
+from ..pipeline import SuspectModelArguments
 from ..poison import AttackSpec, make_triggered_eval_set
 from ..training import evaluate_backdoor
 from .categories import categorize_neurons, mean_by_category

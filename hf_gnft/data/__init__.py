@@ -1,5 +1,6 @@
 """Keyword-spotting data: the embedded synthetic corpus and loaders for real data."""
 
+from .arguments import CleanDataArguments, CleanDataError, DataArguments
 from .keywords import KEYWORDS, SILENCE_LABEL, UNKNOWN_LABEL, UNKNOWN_WORDS
 from .loading import (
     DatasetFormatError,
@@ -21,6 +22,9 @@ from .synthetic import (
 
 __all__ = [
     "KEYWORDS",
+    "CleanDataArguments",
+    "CleanDataError",
+    "DataArguments",
     "SILENCE_LABEL",
     "UNKNOWN_LABEL",
     "UNKNOWN_WORDS",

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..defense import DefenseConfig
 from .anp import ANPConfig, apply_anp
 from .base import DefenseInputError, DefenseOutcome
 from .clp import CLPConfig, apply_clp
 from .fine_pruning import FinePruningConfig, apply_fine_pruning
 from .fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning
+from .gnft_config import DefenseConfig, GNFTConfig
+from .gnft_trainer import GNFTTrainer
 from .nad import NADConfig, NADTrainer, apply_nad
 from .neurons import UnsupportedModelError
 
@@ -91,6 +92,9 @@ __all__ = [
     "DefenseInputError",
     "DefenseMethod",
     "DefenseOutcome",
+    "DefenseConfig",
+    "GNFTConfig",
+    "GNFTTrainer",
     "FTConfig",
     "FTSAMConfig",
     "FinePruningConfig",

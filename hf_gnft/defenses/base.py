@@ -9,8 +9,8 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from ..gnft_trainer import GNFTTrainer
 from ..training import train_timed
+from .gnft_trainer import GNFTTrainer
 
 
 class DefenseInputError(ValueError):

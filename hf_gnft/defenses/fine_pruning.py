@@ -24,9 +24,9 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
-from ..defense import DefenseConfig
 from ..training import AudioClassificationCollator, evaluate_backdoor
 from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .gnft_config import DefenseConfig
 from .neurons import (
     FeedForwardLayer,
     feed_forward_layers,

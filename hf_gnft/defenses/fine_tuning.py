@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from transformers import PreTrainedModel
 
-from ..defense import DefenseConfig
-from ..gnft_config import GNFTConfig
 from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .gnft_config import DefenseConfig, GNFTConfig
 
 
 @dataclass

@@ -39,10 +39,10 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
-from ..defense import DefenseConfig
 from ..trainer_args import as_config
 from ..training import AudioClassificationTrainer
 from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .gnft_config import DefenseConfig
 from .neurons import UnsupportedModelError
 
 logger = logging.getLogger(__name__)

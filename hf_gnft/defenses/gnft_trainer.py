@@ -13,10 +13,10 @@ import torch
 from torch.nn.utils import parametrizations
 from transformers import TrainingArguments
 
+from ..perturbation import BatchNormSnapshot, ParameterSnapshot, RNGState, gradient_norm, perturb_
+from ..trainer_args import as_config
+from ..training import AudioClassificationTrainer
 from .gnft_config import GNFTConfig
-from .perturbation import BatchNormSnapshot, ParameterSnapshot, RNGState, gradient_norm, perturb_
-from .trainer_args import as_config
-from .training import AudioClassificationTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -17,21 +17,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 
-from .attack import ATTACK_SPEC_FILE, DataArguments, machine_description
+from .attack import ATTACK_SPEC_FILE
 from .audio import AudioError
-from .gnft_config import GNFTConfig
-from .gnft_trainer import GNFTTrainer
+from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
+from .defenses.gnft_config import GNFTConfig
+from .defenses.gnft_trainer import GNFTTrainer
 from .hub import PushResult, push_output_dir, redact_local, write_model_card
 from .metrics import BackdoorMetrics
 from .models import load_suspect_model
 from .outputs import (
     atomic_write_text,
     check_output_dir,
+    machine_description,
     partial_dir,
     resume_checkpoint,
     save_shareable_model,
@@ -65,10 +66,6 @@ def format_before_after(before: BackdoorMetrics, after: BackdoorMetrics, der: fl
     return "\n".join(lines)
 
 
-class CleanDataError(ValueError):
-    """The defender's clean data cannot be used (empty, labels that do not match the model...)."""
-
-
 @dataclass
 class SuspectModelArguments:
     """The model to clean.
@@ -93,87 +90,6 @@ class SuspectModelArguments:
         },
     )
     attack_spec: str | None = None
-
-
-@dataclass
-class CleanDataArguments:
-    """The defender's clean data.
-
-    Args:
-        clean_split: the split the defender trusts (a subset of it is used).
-        clean_fraction: fraction of that split used for fine-tuning (the authors use 5%).
-        clean_count: a number of clips instead of a fraction.
-        clean_seed: seed of the subset selection.
-        eval_split: held-out split for CA (and, triggered, ASR / RA).
-        validation_split: a clean split whose accuracy before and after is recorded, for choosing
-            hyperparameters without the test set or the trigger (skipped when the dataset has no such split).
-    """
-
-    clean_split: str = "train"
-    clean_fraction: float = 0.05
-    clean_count: int | None = None
-    clean_seed: int = 0
-    eval_split: str = "test"
-    validation_split: str | None = "validation"
-
-    def select(self, dataset: Dataset) -> Dataset:
-        """The clean subset: `clean_count` or `round(clean_fraction * len)` rows drawn with `clean_seed`."""
-        if self.clean_count is not None:
-            count = int(self.clean_count)
-        else:
-            if not 0.0 < self.clean_fraction <= 1.0:
-                raise CleanDataError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
-            count = int(round(self.clean_fraction * len(dataset)))
-        if count <= 0:
-            raise CleanDataError(
-                f"the clean set is empty ({self.clean_count=}, {self.clean_fraction=} of {len(dataset)} rows): "
-                "a defense needs clean data"
-            )
-        if count > len(dataset):
-            raise CleanDataError(f"clean_count {count} exceeds the {len(dataset)} rows of the clean split")
-        rows = np.random.default_rng([self.clean_seed, 0xC1EA]).choice(
-            len(dataset), size=count, replace=False
-        )
-        return dataset.select(np.sort(rows))
-
-
-@dataclass
-class DefenseConfig(GNFTConfig):
-    """`GNFTConfig` with defaults for cleaning a small keyword model on a small clean set.
-
-    The authors' optimizer: SGD with momentum 0.9 and weight decay 5e-5 (TSBD), cosine schedule;
-    20 epochs of batches of 32, learning rate 0.01. Set `gn_alpha=0` for plain fine-tuning with the same
-    budget. `push_to_hub` / `hub_model_id` / `hub_private_repo` push the finished output folder (model, card,
-    metrics; never checkpoints) once, at the end; `hub_dry_run` lists what would be pushed. Checkpoints
-    (`save_strategy="steps"`) go to `OUTPUT_DIR.partial/` and `resume_from_checkpoint=True` continues
-    from the last. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
-    models and recommends choosing the learning rate from clean validation accuracy with
-    [`search_learning_rate`] (e.g. over 0.05 and 0.1); the defaults stay the authors'.
-    """
-
-    output_dir: str | None = field(default=None, metadata={"help": "Where the cleaned model is written."})
-    optim: str = field(default="sgd", metadata={"help": "Optimizer (the authors: SGD with momentum)."})
-    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
-    learning_rate: float = field(default=0.01, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=5e-5, metadata={"help": "Weight decay."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    num_train_epochs: float = field(default=20.0, metadata={"help": "Epochs over the clean set."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers to report to."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `audio` for the collator."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a finished output folder (once the new one is complete)."}
-    )
-    hub_dry_run: bool = field(
-        default=False, metadata={"help": "List the files a push would upload, and upload nothing."}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.push_to_hub and not self.hub_model_id and not self.hub_dry_run:
-            raise ValueError("--push_to_hub needs --hub_model_id NAMESPACE/NAME (or --hub_dry_run true)")
 
 
 @dataclass
