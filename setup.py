@@ -23,9 +23,15 @@ setup(
     # The model card templates live in the top-level model_cards/ and install as hf_gnft/model_cards/.
     package_dir={"hf_gnft.model_cards": "model_cards"},
     package_data={
-        "hf_gnft": ["py.typed", "model_configs/*.json", "evaluate_modules/*/*.py", "analysis/scan_calibration.json"],
+        "hf_gnft": [
+            "py.typed",
+            "model_configs/*.json",
+            "evaluate_modules/*/*.py",
+            "analysis/scan_calibration.json",
+        ],
         "hf_gnft.model_cards": ["*.md"],
     },
+    entry_points={"console_scripts": ["hf-gnft = hf_gnft.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0,<6",

@@ -35,7 +35,7 @@ from .poison import (
 )
 from .trainer_args import KeywordTrainingArguments, is_main_process
 from .training import AudioClassificationTrainer, evaluate_backdoor, train_timed
-from .triggers import trigger_from_config
+from .triggers import Trigger, trigger_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +49,37 @@ class AttackArguments:
 
     Args:
         trigger: a trigger type name with its defaults ("noise_burst", "tone", "pbsm", "style",
-            "clip_overlay"), its JSON dict (`{"type": "tone", "frequency_hz": 7500}`), or a dict in YAML.
+            "clip_overlay"), its JSON dict (`{"type": "tone", "frequency_hz": 7500}`), or a dict in YAML;
+            from Python also a `Trigger` object (e.g. `CallableTrigger(function=my_fn)`), used as is.
         poison_rate: fraction in (0, 1] of the training split (dirty) or of the target class (clean-label).
         target_label: target class name or id.
         poison_mode: "dirty" or "clean_label".
         poison_seed: seed of the poisoned-row selection.
     """
 
-    trigger: str = "noise_burst"
-    poison_rate: float = 0.1
-    target_label: str = "yes"
-    poison_mode: str = "dirty"
-    poison_seed: int = 0
+    trigger: str = field(
+        default="noise_burst",
+        metadata={
+            "help": "A trigger type name with its defaults ('noise_burst', 'tone', 'pbsm', 'style', "
+            "'clip_overlay'), its JSON dict (e.g. "
+            '{"type": "tone", "frequency_hz": 7500}), or a dict in YAML.'
+        },
+    )
+    poison_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "Fraction in (0, 1] of the training split (dirty) or of the target class (clean-label)."
+        },
+    )
+    target_label: str = field(default="yes", metadata={"help": "Target class name or id."})
+    poison_mode: str = field(default="dirty", metadata={"help": "'dirty' or 'clean_label'."})
+    poison_seed: int = field(default=0, metadata={"help": "Seed of the poisoned-row selection."})
 
     def __post_init__(self) -> None:
-        self.trigger = trigger_from_config(self.trigger).to_dict()
+        if isinstance(self.trigger, Trigger):  # from Python: used as is (a callable one is not re-imported)
+            self.trigger.to_dict()  # a trigger that cannot be recorded in attack_spec.json fails now
+        else:
+            self.trigger = trigger_from_config(self.trigger).to_dict()
         if self.poison_mode not in POISON_MODES:
             raise PoisonError(f"unknown poison_mode {self.poison_mode!r}; use one of {POISON_MODES}")
         if isinstance(self.poison_rate, bool) or not 0.0 < float(self.poison_rate) <= 1.0:
@@ -83,11 +99,26 @@ class ModelArguments:
         allow_pickle_weights: load a checkpoint that has only pickled weights (refused by default).
     """
 
-    model: str = "tiny-wav2vec2"
-    model_revision: str | None = None
-    freeze_feature_encoder: bool = True
-    trust_remote_code: bool = False
-    allow_pickle_weights: bool = False
+    model: str = field(
+        default="tiny-wav2vec2",
+        metadata={
+            "help": "A named tiny config ('tiny-wav2vec2', 'tiny-hubert'), a config JSON file, or a "
+            "pretrained checkpoint (local folder or Hub id) for AutoModelForAudioClassification "
+            "(safetensors only)."
+        },
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of a checkpoint."})
+    freeze_feature_encoder: bool = field(
+        default=True,
+        metadata={"help": "Freeze the convolutional feature encoder of a pretrained checkpoint."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with a checkpoint (off unless asked for)."}
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={"help": "Load a checkpoint that has only pickled weights (refused by default)."},
+    )
 
 
 @dataclass

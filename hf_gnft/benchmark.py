@@ -37,7 +37,7 @@ from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
 from .metrics import BackdoorMetrics
 from .models import load_suspect_model
 from .outputs import atomic_write_text, machine_description
-from .pipeline import choose_strongest, validation_drop
+from .pipeline import apply_method, choose_strongest, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor
@@ -356,11 +356,10 @@ class Benchmark:
             if "output_dir" in config_fields:
                 settings["output_dir"] = scratch
             config = method.make_config(**settings)
-            torch.manual_seed(seed)
-            with peak_memory() as peak:
-                started = time.perf_counter()
-                outcome = method.apply(model, extractor, clean, config, validation=self.dataset["validation"])
-                seconds = time.perf_counter() - started
+            with peak_memory() as peak:  # the pipeline's own step: what `hf-gnft defend` runs for this cell
+                outcome, seconds = apply_method(
+                    method, model, extractor, clean, config, self.dataset["validation"]
+                )
         after = evaluate_backdoor(outcome.model, extractor, self.dataset[self.data_args.test_split], triggered,
                                   spec.target_label)  # fmt: skip
         before_metrics = BackdoorMetrics(**{k: before[k] for k in ("clean_accuracy", "attack_success_rate",

@@ -1,7 +1,17 @@
-"""Command-line parsing shared by the recipes: dataclasses from flags, a YAML / JSON file, or both."""
+"""The `hf-gnft` command, and the parsing its recipes share: dataclasses from flags, a YAML/JSON file or both.
+
+    hf-gnft --help                      # the subcommands
+    hf-gnft defend --help               # one recipe's flags
+    hf-gnft attack recipes/configs/attack-noise-wav2vec2.yaml
+    accelerate launch -m hf_gnft defend --model outputs/attack --output_dir outputs/gnft
+
+Each subcommand runs `hf_gnft.scripts.<name>.main` on the arguments that follow it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -47,3 +57,60 @@ def parse_recipe_args(dataclass_types: tuple[type, ...], argv: list[str] | None 
             raise ValueError(f"{config} sets unknown arguments: {', '.join(unknown)}")
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=rest)
+
+
+# Subcommand -> (module under hf_gnft.scripts, aliases, one-line help); static, so `--help` imports no recipe.
+RECIPES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "attack": ("attack", (), "train a backdoored keyword-spotting model"),
+    "defend": ("defend", (), "clean a suspect model and measure it before and after"),
+    "analyze": ("analyze", ("scan",), "neuron-gradient analysis and backdoor scan of a checkpoint"),
+    "benchmark": ("benchmark", (), "benchmark the defenses on a grid of models, attacks and seeds"),
+    "push": ("push", (), "push a finished output folder to the Hugging Face Hub"),
+    "demo": ("demo", (), "attack, then clean with FT and GN-FT, on the embedded data (make demo)"),
+}
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hf-gnft",
+        description="Remove backdoors from speech classifiers with GN-FT. "
+        "`hf-gnft COMMAND --help` lists a command's flags.",
+        epilog="Distributed: accelerate launch [--config_file FILE] -m hf_gnft COMMAND ...",
+    )
+    parser.add_argument("--version", action="version", version=f"hf-gnft {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    for name, (_, aliases, help_text) in RECIPES.items():
+        commands.add_parser(name, aliases=list(aliases), help=help_text, add_help=False)
+    return parser
+
+
+def _resolve(command: str) -> str:
+    for name, (module, aliases, _) in RECIPES.items():
+        if command == name or command in aliases:
+            return module
+    raise KeyError(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `hf-gnft COMMAND [ARGS...]`: the recipe `hf_gnft.scripts.<COMMAND>` on ARGS.
+
+    Args:
+        argv: the arguments after `hf-gnft` (default: `sys.argv[1:]`).
+
+    Returns:
+        0 when the recipe finished; `--help`, a missing or an unknown command exit through argparse (0 or 2).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only the first argument is the command's; everything after it belongs to the recipe's own parser.
+    command = _command_parser().parse_args(argv[:1]).command
+    module = importlib.import_module(f"hf_gnft.scripts.{_resolve(command)}")
+    # The recipes' parsers name themselves after sys.argv[0]: make their usage line read `hf-gnft COMMAND`.
+    program = sys.argv[0]
+    sys.argv[0] = f"hf-gnft {command}"
+    try:
+        module.main(argv[1:])
+    finally:
+        sys.argv[0] = program
+    return 0

@@ -9,17 +9,18 @@ Nothing local goes into a card or an uploaded record: no paths, user names or to
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import getpass
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import TrainingArguments
 
 from .version import __version__
 
@@ -152,13 +153,29 @@ def build_model_card(record: dict[str, Any], model_name: str) -> ModelCard:
         record=record,
         metrics=values,
         metric_names=CARD_METRICS,
-        hyperparameters={**(record.get("gn") or {}), **(record.get("optim") or {})},
+        hyperparameters=card_settings(record),
+        defense_title=record.get("defense_title") or record.get("defense"),
+        paper_url=record.get("paper_url"),
+        retuned_asr_before=_percent(
+            ((record.get("retuning") or {}).get("before") or {}).get("attack_success_rate")
+        ),
+        retuned_asr_after=_percent(
+            ((record.get("retuning") or {}).get("after") or {}).get("attack_success_rate")
+        ),
         date=datetime.date.today().isoformat(),
         hf_gnft_version=__version__,
         citation=CITATION,
         trigger_json=json.dumps((record.get("attack") or {}).get("trigger")),
-        validation_drops=json.dumps((record.get("learning_rate_search") or {}).get("validation_drop")),
+        validation_drops=json.dumps((record.get("knob_search") or {}).get("validation_drop")),
     )
+
+
+def card_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings a card lists: the method's own (every setting that is not a generic `TrainingArguments`
+    field) and the optimizer's; `defense_metrics.json` keeps all of them."""
+    generic = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = {key: value for key, value in (record.get("settings") or {}).items() if key not in generic}
+    return {**(record.get("gn") or {}), **own, **(record.get("optim") or {})}
 
 
 def _describe_suspect(suspect: dict) -> str:
@@ -188,7 +205,7 @@ def hub_files(folder: str | os.PathLike) -> list[str]:
     )
 
 
-@dataclass
+@dataclasses.dataclass
 class PushResult:
     """What a push sent (or, in a dry run, would send)."""
 
@@ -238,7 +255,7 @@ def push_output_dir(
     except Exception as error:  # noqa: BLE001 - any failure: keep the local result, say how to retry
         raise HubPushError(
             f"uploading {folder} to {repo_id} failed ({type(error).__name__}: {error}). The local result is "
-            f"intact; retry with:  python recipes/push.py --folder {folder} --hub_model_id {repo_id}"
+            f"intact; retry with:  hf-gnft push --folder {folder} --hub_model_id {repo_id}"
         ) from error
     url = getattr(commit, "commit_url", None) or str(commit)
     logger.info("Pushed %d files to %s (%s)", len(files), repo_id, url)

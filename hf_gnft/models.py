@@ -122,6 +122,16 @@ def _hub_files(model: str, revision: str | None) -> tuple[list[str], str | None,
     return files or [p.name for p in snapshot.iterdir()], commit, snapshot
 
 
+class SuspectNotFoundError(FileNotFoundError):
+    """The model to load is neither an existing folder nor a Hub model that can be reached."""
+
+
+def _looks_like_a_path(model: str) -> bool:
+    """A name that cannot be a Hub id (`name` or `namespace/name`): absolute, relative with `.`, `~` or `..`,
+    more than one `/`, or a backslash."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not model.strip()
+
+
 def inspect_checkpoint(
     model: str, *, revision: str | None = None, allow_pickle_weights: bool = False
 ) -> CheckpointProvenance:
@@ -132,6 +142,7 @@ def inspect_checkpoint(
     `architectures`); pins a Hub revision to its commit and hashes local weights.
 
     Raises:
+        SuspectNotFoundError: `model` is no existing folder and no reachable Hub model.
         UntrustedCheckpointError: pickled weights only and no opt-in, or no weights at all.
     """
     local = os.path.isdir(model)
@@ -140,7 +151,16 @@ def inspect_checkpoint(
         files = [p.name for p in folder.iterdir() if p.is_file()]
         commit = None
     else:
+        if _looks_like_a_path(model):
+            raise SuspectNotFoundError(
+                f"the model folder {model} does not exist ({Path(model).expanduser().absolute()})"
+            )
         files, commit, folder = _hub_files(model, revision)
+        if not files and folder is None:
+            raise SuspectNotFoundError(
+                f"{model!r} is neither a local folder (no {Path(model).absolute()}) nor a Hub model that could be "
+                "reached (offline, or no such repo); check the path or the Hub id"
+            )
     safetensors = [name for name in files if name.endswith(".safetensors")]
     pickles = [
         name for name in files if name.endswith(PICKLE_WEIGHT_SUFFIXES) and name != "training_args.bin"

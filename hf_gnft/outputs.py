@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import FeatureExtractionMixin, Trainer
+from transformers import FeatureExtractionMixin, PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -176,10 +176,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_shareable_model(
-    trainer: Trainer, feature_extractor: FeatureExtractionMixin, path: str | os.PathLike
+    model: Trainer | PreTrainedModel, feature_extractor: FeatureExtractionMixin, path: str | os.PathLike
 ) -> None:
-    """Save the model (safetensors) and its feature extractor; drop Trainer's pickled `training_args.bin`."""
-    trainer.save_model(str(path))
+    """Save the model (safetensors; from a `Trainer` or a model) and its feature extractor; drop Trainer's
+    pickled `training_args.bin` and any checkpoint left in `path`."""
+    if isinstance(model, Trainer):
+        model.save_model(str(path))
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)
     feature_extractor.save_pretrained(str(path))
     Path(path, "training_args.bin").unlink(missing_ok=True)
     for leftover in Path(path).glob("checkpoint-*"):

@@ -1,34 +1,40 @@
-"""Clean a suspect keyword-spotting model with GN-FT (or plain fine-tuning) and measure it before and after.
+"""One defense pipeline for every method: load the untrusted suspect → select the clean subset → defend →
+evaluate before and after → record, card → publish atomically → push.
 
-The configuration is dataclasses that `HfArgumentParser` reads from the command line or YAML
-(`recipes/defend.py`, also under `accelerate launch`); `run_defense` is the same pipeline in Python.
-The defender trains on clean data only. The attack spec, when given, is used only to measure the
-attack success rate before and after; it never influences training.
+Every method of `hf_gnft.defenses` (`gn-ft`, `ft`, `ft-sam`, `fp`, `nad`, `anp`, `clp`, `tsbd`, ...) runs
+through `run_defense`; `search_knob` runs it once per value of the method's knob and publishes the strongest
+value the defender's rule allows (clean validation accuracy only). The benchmark calls `apply_method`, the
+same step, so its numbers are what `hf-gnft defend` gives for the same arguments. The configuration is
+dataclasses that `HfArgumentParser` reads from the command line or YAML (`hf-gnft defend`, also under
+`accelerate launch`). The defender trains on clean data only; the attack spec, when given, is used only to
+measure the attack success rate before and after and never influences the defense.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .attack import ATTACK_SPEC_FILE
 from .audio import AudioError
 from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
-from .defenses.gnft_config import GNFTConfig
-from .defenses.gnft_trainer import GNFTTrainer
+from .defenses import DEFENSE_METHODS, DefenseMethod, DefenseOutcome, get_defense
 from .hub import PushResult, push_output_dir, redact_local, write_model_card
 from .metrics import BackdoorMetrics
-from .models import load_suspect_model
+from .models import inspect_checkpoint, load_suspect_model
 from .outputs import (
     atomic_write_text,
     check_output_dir,
@@ -40,13 +46,52 @@ from .outputs import (
 )
 from .poison import AttackSpec, make_triggered_eval_set
 from .trainer_args import is_main_process
-from .training import evaluate_backdoor, train_timed
+from .training import evaluate_backdoor
+from .triggers import Trigger
 from .version import __version__
 
 logger = logging.getLogger(__name__)
 
 DEFENSE_METRICS_FILE = "defense_metrics.json"
 DEFENSE_TABLE_FILE = "defense_table.md"
+KNOB_SEARCH_FILE = "knob_search.json"
+
+#: Config keys that say where and how a run writes, not what the defense does: left out of the records.
+RUN_LOCAL_KEYS = frozenset(
+    {
+        "output_dir",
+        "logging_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+        "hub_private_repo",
+        "hub_dry_run",
+        "hub_strategy",
+        "hub_always_push",
+        "hub_revision",
+        "report_to",
+        "disable_tqdm",
+        "run_name",
+        "trackio_space_id",
+        "project",
+    }
+)
+#: The optimizer settings the card shows for a method that trains.
+OPTIMIZER_KEYS = (
+    "optim",
+    "optim_args",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler_type",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "label_smoothing_factor",
+    "seed",
+)
 
 
 def format_before_after(before: BackdoorMetrics, after: BackdoorMetrics, der: float | None = None) -> str:
@@ -81,15 +126,138 @@ class SuspectModelArguments:
     """
 
     model: str = field(default="outputs/attack", metadata={"help": "Suspect checkpoint (folder or Hub id)."})
-    model_revision: str | None = None
-    trust_remote_code: bool = False
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with the checkpoint (off unless asked for)."}
+    )
     allow_pickle_weights: bool = field(
         default=False,
         metadata={
             "help": "Load a checkpoint that has only pickled weights (torch.load with weights_only=True)."
         },
     )
-    attack_spec: str | None = None
+    attack_spec: str | None = field(
+        default=None,
+        metadata={
+            "help": "attack_spec.json of a known attack, to measure ASR / RA / DER (default: the one next to the "
+            "model). Used for evaluation only."
+        },
+    )
+
+
+@dataclass
+class DefenseArguments:
+    """Which defense runs, and how its knob is chosen.
+
+    Args:
+        defense: the method (a key of `hf_gnft.DEFENSE_METHODS`). Its own settings are flags too (`hf-gnft
+            defend --defense nad --help` lists them).
+        knob: the setting `knob_grid` tunes (default: the method's knob, e.g. `learning_rate` for the
+            fine-tuning defenses, `tsbd_neuron_ratio` for TSBD).
+        knob_grid: candidate values of the knob. One defense runs per value and the strongest whose clean
+            validation accuracy drops by at most `max_validation_drop` is published; the trigger and the test
+            set play no part. Unset: one run with the configured value.
+        learning_rate_grid: shorthand for `--knob learning_rate --knob_grid ...`.
+        max_validation_drop: the largest acceptable drop of clean validation accuracy (0.02 = 2 points).
+        keep_candidates: keep every candidate in `OUTPUT_DIR.candidates/` (by default removed once the chosen
+            one is published; always kept when none qualifies).
+    """
+
+    defense: str = field(
+        default="gn-ft", metadata={"help": f"The defense: one of {', '.join(DEFENSE_METHODS)}."}
+    )
+    knob: str | None = field(
+        default=None, metadata={"help": "The setting --knob_grid tunes (default: the defense's own knob)."}
+    )
+    knob_grid: list[float] | None = field(
+        default=None,
+        metadata={"help": "Candidate knob values; the strongest within --max_validation_drop is published."},
+    )
+    learning_rate_grid: list[float] | None = field(
+        default=None, metadata={"help": "Shorthand for --knob learning_rate --knob_grid VALUES."}
+    )
+    max_validation_drop: float = field(
+        default=0.02,
+        metadata={"help": "Largest acceptable drop of clean validation accuracy (0.02 = 2 points)."},
+    )
+    keep_candidates: bool = field(
+        default=False, metadata={"help": "Keep every candidate of a knob search in OUTPUT_DIR.candidates/."}
+    )
+
+    def __post_init__(self) -> None:
+        method = get_defense(self.defense)  # an unknown name lists the known ones
+        if self.learning_rate_grid is not None:
+            if self.knob_grid is not None:
+                raise ValueError("pass either --learning_rate_grid or --knob_grid, not both")
+            if self.knob not in (None, "learning_rate"):
+                raise ValueError(f"--learning_rate_grid tunes learning_rate, but --knob is {self.knob!r}")
+            self.knob, self.knob_grid = "learning_rate", list(self.learning_rate_grid)
+            self.learning_rate_grid = None
+        if self.knob is not None:
+            check_setting(method, self.knob, "--knob")
+        if self.knob_grid is not None:
+            if not self.knob_grid or not all(
+                isinstance(v, int | float) and math.isfinite(v) for v in self.knob_grid
+            ):
+                raise ValueError(f"knob_grid must hold finite numbers, got {self.knob_grid}")
+            if self.knob_name == "learning_rate" and not all(v > 0 for v in self.knob_grid):
+                raise ValueError(f"learning rates must be positive, got {self.knob_grid}")
+        if not 0 <= self.max_validation_drop <= 1:
+            raise ValueError(f"max_validation_drop must be in [0, 1], got {self.max_validation_drop}")
+
+    @property
+    def method(self) -> DefenseMethod:
+        return get_defense(self.defense)
+
+    @property
+    def knob_name(self) -> str:
+        return self.knob or self.method.knob
+
+    @property
+    def larger_is_stronger(self) -> bool:
+        """The knob's direction: the method's for its own knob; a larger value otherwise (a learning rate)."""
+        return self.method.larger_is_stronger if self.knob_name == self.method.knob else True
+
+
+@dataclass
+class OutputArguments:
+    """Where the defended model goes, for a method whose config is not a `TrainingArguments` (ANP, CLP).
+    A training method's config (`DefenseConfig` and its subclasses) holds these same fields itself.
+
+    Args:
+        output_dir: where the cleaned model is written.
+        overwrite_output_dir: replace a finished output folder (once the new one is complete).
+        push_to_hub: push the finished folder to the Hub.
+        hub_model_id: the Hub repo, `NAMESPACE/NAME`.
+        hub_private_repo: create the repo private.
+        hub_token: a token (default: `HF_TOKEN` or the stored login); never printed or written.
+        hub_dry_run: list the files a push would upload, and upload nothing.
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where the cleaned model is written."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished output folder (once the new one is complete)."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the finished folder to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "The Hub repo, NAMESPACE/NAME."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the Hub repo private."})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the login)."}
+    )
+    hub_dry_run: bool = field(
+        default=False, metadata={"help": "List the files a push would upload, and upload nothing."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id and not self.hub_dry_run:
+            raise ValueError("--push_to_hub needs --hub_model_id NAMESPACE/NAME (or --hub_dry_run true)")
+
+    @classmethod
+    def from_config(cls, config: Any) -> OutputArguments:
+        """The output fields a training config carries itself."""
+        return cls(**{f.name: getattr(config, f.name, f.default) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -101,6 +269,41 @@ class DefenseResult:
     after: BackdoorMetrics
     record: dict[str, Any] = field(default_factory=dict)
     push: PushResult | None = None
+
+
+def owners_of(setting: str) -> list[str]:
+    """The defenses whose config has a field called `setting`."""
+    return [name for name, method in DEFENSE_METHODS.items() if setting in method.setting_names]
+
+
+def check_setting(method: DefenseMethod, setting: str, what: str = "setting") -> None:
+    """`setting` is a field of `method`'s config; else an error naming the defenses it belongs to."""
+    if setting in method.setting_names:
+        return
+    owners = owners_of(setting)
+    where = f"it belongs to {', '.join(owners)}" if owners else "no defense has it"
+    raise ValueError(f"{what} {setting!r} is not a setting of the {method.name!r} defense ({where})")
+
+
+def method_for_config(config: Any) -> DefenseMethod:
+    """The registered defense whose config class `config` is exactly (e.g. `DefenseConfig` -> `gn-ft`)."""
+    for method in DEFENSE_METHODS.values():
+        if type(config) is method.config_class:
+            return method
+    raise ValueError(
+        f"no defense is configured by {type(config).__name__}; pass defense=NAME (one of {', '.join(DEFENSE_METHODS)})"
+    )
+
+
+def config_settings(config: Any) -> dict[str, Any]:
+    """Every setting of a defense config that changes what it does (no paths, tokens or Hub targets), as JSON
+    values: what a record holds and what a search compares before reusing a candidate."""
+    if isinstance(config, TrainingArguments):
+        values = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
+    else:
+        values = asdict(config)
+    values = {key: value for key, value in values.items() if key not in RUN_LOCAL_KEYS}
+    return json.loads(json.dumps(values, default=str))
 
 
 def validation_drop(record: dict[str, Any]) -> float:
@@ -161,27 +364,93 @@ def shareable_data_args(data_args: DataArguments) -> dict[str, Any]:
     return redact_local(values)
 
 
+def config_seed(config: Any) -> int:
+    """The seed a defense config runs with (`seed` of a training config, `anp_seed`, ...; 0 if none)."""
+    for name in ("seed", "anp_seed"):
+        if hasattr(config, name):
+            return int(getattr(config, name))
+    return 0
+
+
+def apply_method(
+    method: DefenseMethod,
+    model: PreTrainedModel,
+    extractor: Any,
+    clean: Dataset,
+    config: Any,
+    validation: Dataset | None = None,
+) -> tuple[DefenseOutcome, float]:
+    """Run one defense on a copy of `model` and time it: the step `run_defense` and the benchmark share.
+    Torch's global generator is seeded with the config's seed first, so a run is repeatable."""
+    torch.manual_seed(config_seed(config))
+    started = time.perf_counter()
+    outcome = method.apply(model, extractor, clean, config, validation=validation)
+    return outcome, time.perf_counter() - started
+
+
+def _candidate_folder(candidates_dir: Path, knob: str, value: float) -> Path:
+    return candidates_dir / f"{knob}-{value:g}"
+
+
+def _main_process(config: Any) -> bool:
+    if isinstance(config, TrainingArguments):
+        return is_main_process(config)
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _attack_spec_path(model_args: SuspectModelArguments) -> str | None:
+    if model_args.attack_spec:
+        return model_args.attack_spec
+    candidate = Path(model_args.model) / ATTACK_SPEC_FILE
+    return str(candidate) if candidate.is_file() else None
+
+
 def run_defense(
     data_args: DataArguments,
     clean_args: CleanDataArguments,
     model_args: SuspectModelArguments,
-    config: GNFTConfig,
+    config: Any,
+    defense: str | None = None,
+    output: OutputArguments | None = None,
+    trigger: Trigger | None = None,
 ) -> DefenseResult:
-    """Fine-tune the suspect model on clean data with GN-FT (`config.gn_alpha > 0`) or plainly (`= 0`).
+    """Clean the suspect with one defense and measure it before and after.
 
-    Writes to `config.output_dir`, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the
-    end): the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA
-    before and after, DER, wall time, hyperparameters, the suspect's provenance; no local paths), the model
-    card `README.md` and, when known, a copy of the attack spec. A finished output folder is not replaced
-    unless `config.overwrite_output_dir`; with checkpoints on, an interrupted run resumes with
-    `config.resume_from_checkpoint=True`. With `config.push_to_hub` (or `hub_dry_run`) the finished folder is
-    then pushed (or listed).
+    Args:
+        data_args: where the data comes from.
+        clean_args: the defender's clean subset and the evaluation / validation splits.
+        model_args: the suspect (untrusted: safetensors only, no remote code unless asked).
+        config: the defense's config (`DefenseConfig` for GN-FT, `FTConfig`, `NADConfig`, `TSBDConfig`, ...).
+        defense: the method's name; default: the method whose config class `config` is.
+        output: where to write, for a config that is not a `TrainingArguments` (training configs carry it).
+        trigger: the attack's trigger object, to measure ASR with instead of rebuilding it from the attack spec
+            (a `CallableTrigger` of your own: a spec never imports a function, since it comes with the untrusted
+            suspect).
+
+    Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
+    the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
+    after, DER, wall time, every setting, the suspect's provenance; no local paths), `defense_table.md`, the
+    model card `README.md` and, when known, a copy of the attack spec. A finished folder is not replaced
+    without `overwrite_output_dir`; a training method with checkpoints on resumes with
+    `resume_from_checkpoint=True`. With `push_to_hub` (or `hub_dry_run`) the finished folder is then pushed
+    (or listed).
     """
+    method = get_defense(defense) if defense else method_for_config(config)
+    if not isinstance(config, method.config_class):
+        raise ValueError(
+            f"the {method.name!r} defense takes a {method.config_class.__name__}, got {type(config).__name__}"
+        )
+    output = output or OutputArguments.from_config(config)
+    if not output.output_dir:
+        raise ValueError("the defense needs an output folder (--output_dir)")
     started = time.perf_counter()
-    output_dir = Path(config.output_dir)
-    overwrite = bool(getattr(config, "overwrite_output_dir", False))
-    resume = resume_checkpoint(output_dir, config.resume_from_checkpoint)  # every rank resumes from it
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume is not None)  # before any work
+    output_dir = Path(output.output_dir)
+    resume = None
+    if method.trains:
+        resume = resume_checkpoint(output_dir, config.resume_from_checkpoint)  # every rank resumes from it
+    check_output_dir(output_dir, overwrite=output.overwrite_output_dir, resume=resume is not None)
     model, extractor, provenance = load_suspect_model(
         model_args.model,
         revision=model_args.model_revision,
@@ -189,11 +458,7 @@ def run_defense(
         allow_pickle_weights=model_args.allow_pickle_weights,
         return_provenance=True,
     )
-    spec_path = model_args.attack_spec or (
-        str(Path(model_args.model) / ATTACK_SPEC_FILE)
-        if (Path(model_args.model) / ATTACK_SPEC_FILE).is_file()
-        else None
-    )
+    spec_path = _attack_spec_path(model_args)
     spec = AttackSpec.from_json(spec_path) if spec_path else None
     if extractor.sampling_rate != data_args.sampling_rate:
         raise AudioError(
@@ -208,7 +473,9 @@ def run_defense(
     test = dataset[clean_args.eval_split]
     _check_labels(model, test)
     triggered = (
-        make_triggered_eval_set(test, spec.build_trigger(), spec.target_label, num_proc=data_args.num_proc)
+        make_triggered_eval_set(
+            test, trigger or spec.build_trigger(), spec.target_label, num_proc=data_args.num_proc
+        )
         if spec
         else None
     )
@@ -217,79 +484,73 @@ def run_defense(
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
     validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
 
-    main_process = is_main_process(config)
-    push_to_hub, hub_dry_run = config.push_to_hub, bool(getattr(config, "hub_dry_run", False))
-    try:
-        with staged_output_dir(output_dir, overwrite=overwrite, resume=resume is not None,
-                               main_process=main_process) as staged:  # fmt: skip
-            # The Trainer never pushes by itself (not at init, not in save_model): the finished folder is pushed below.
-            config.output_dir, config.push_to_hub = str(staged.path), False
-            try:
-                trainer, _, train_seconds = train_timed(
-                    GNFTTrainer, model, config, clean, extractor, resume_from_checkpoint=resume
-                )
-            finally:
-                config.output_dir = str(output_dir)
-            after = evaluate_backdoor(trainer.model, extractor, test, triggered, target)
-            validation_after = (
-                evaluate_backdoor(trainer.model, extractor, validation).clean_accuracy if validation else None
+    main_process = _main_process(config)
+    push_to_hub, hub_dry_run = output.push_to_hub, output.hub_dry_run
+    with staged_output_dir(output_dir, overwrite=output.overwrite_output_dir, resume=resume is not None,
+                           main_process=main_process) as staged:  # fmt: skip
+        if method.trains:
+            # Checkpoints go to the staged folder; the Trainer never pushes by itself (the finished folder is
+            # pushed below).
+            saved = config.output_dir, config.push_to_hub, config.resume_from_checkpoint
+            config.output_dir, config.push_to_hub, config.resume_from_checkpoint = (
+                str(staged.path),
+                False,
+                resume,
             )
-            record = {
-                "before": before.to_dict(),
-                "after": after.to_dict(),
-                "validation_accuracy": {"before": validation_before, "after": validation_after},
-                "der": after.der_against(before) if spec else None,
-                "defense": "gn-ft" if config.gn_alpha > 0 else "ft",
-                "train_seconds": round(train_seconds, 2),
-                "total_seconds": round(time.perf_counter() - started, 2),
-                "clean_rows": len(clean),
-                "suspect": provenance.to_dict(),
-                "resumed_from": Path(resume).name if resume else None,
-                "attack": spec.to_dict() if spec else None,
-                "clean_data": asdict(clean_args),
-                "data_args": shareable_data_args(data_args),
-                "gn": {
-                    key: getattr(config, key)
-                    for key in (
-                        "gn_alpha",
-                        "gn_radius",
-                        "gn_norm",
-                        "gn_mode",
-                        "gn_warmup_steps",
-                        "gn_parameters",
-                    )
-                },
-                "optim": {
-                    key: getattr(config, key)
-                    for key in (
-                        "optim",
-                        "optim_args",
-                        "learning_rate",
-                        "weight_decay",
-                        "lr_scheduler_type",
-                        "num_train_epochs",
-                        "per_device_train_batch_size",
-                        "seed",
-                    )
-                },  # fmt: skip
-                "log_history": trainer.state.log_history,
-                "machine": machine_description(),
-                "hf_gnft_version": __version__,
-            }
-            staged.publish = main_process and trainer.is_world_process_zero()
-            if staged.publish:
-                save_shareable_model(trainer, extractor, staged.path)
-                (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
-                (staged.path / DEFENSE_TABLE_FILE).write_text(
-                    format_before_after(before, after, record["der"]) + "\n"
-                )
-                if spec:
-                    spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
-                write_model_card(staged.path, record, config.hub_model_id or output_dir.name)
-    finally:
-        config.push_to_hub = push_to_hub
+        try:
+            outcome, seconds = apply_method(method, model, extractor, clean, config, validation)
+        finally:
+            if method.trains:
+                config.output_dir, config.push_to_hub, config.resume_from_checkpoint = saved
+        defended = outcome.model
+        after = evaluate_backdoor(defended, extractor, test, triggered, target)
+        validation_after = (
+            evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
+        )
+        info = dict(outcome.info)
+        log_history = info.pop("log_history", [])
+        settings = config_settings(config)
+        record = {
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+            "validation_accuracy": {"before": validation_before, "after": validation_after},
+            "der": after.der_against(before) if spec else None,
+            "defense": method.name,
+            "defense_title": method.title,
+            "paper": method.paper,
+            "paper_url": method.paper_url,
+            "knob": {"name": method.knob, "value": settings.get(method.knob)},
+            "settings": settings,
+            "train_seconds": round(seconds, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+            "clean_rows": len(clean),
+            "suspect": provenance.to_dict(),
+            "resumed_from": Path(resume).name if resume else None,
+            "attack": spec.to_dict() if spec else None,
+            "clean_data": asdict(clean_args),
+            "data_args": shareable_data_args(data_args),
+            "gn": {key: value for key, value in settings.items() if key.startswith("gn_")},
+            "optim": {key: settings[key] for key in OPTIMIZER_KEYS if key in settings}
+            if method.trains
+            else {},
+            "info": info,
+            "log_history": log_history,
+            "machine": machine_description(),
+            "hf_gnft_version": __version__,
+        }
+        staged.publish = main_process
+        if staged.publish:
+            save_shareable_model(defended, extractor, staged.path)
+            (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
+            (staged.path / DEFENSE_TABLE_FILE).write_text(
+                format_before_after(before, after, record["der"]) + "\n"
+            )
+            if spec:
+                spec.to_json(str(staged.path / ATTACK_SPEC_FILE))
+            write_model_card(staged.path, record, output.hub_model_id or output_dir.name)
     logger.info(
-        "Cleaned model in %s: CA %.1f%% -> %.1f%%%s",
+        "Cleaned model (%s) in %s: CA %.1f%% -> %.1f%%%s",
+        method.name,
         output_dir,
         100 * before.clean_accuracy,
         100 * after.clean_accuracy,
@@ -299,138 +560,156 @@ def run_defense(
     )
     result = DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
     if main_process and (push_to_hub or hub_dry_run):
-        result.push = push_output_dir(output_dir, config.hub_model_id, private=config.hub_private_repo,
-                                      token=config.hub_token, dry_run=hub_dry_run)  # fmt: skip
+        result.push = push_output_dir(output_dir, output.hub_model_id, private=output.hub_private_repo,
+                                      token=output.hub_token, dry_run=hub_dry_run)  # fmt: skip
     return result
 
 
-LEARNING_RATE_SEARCH_FILE = "learning_rate_search.json"
-
-
-@dataclass
-class LearningRateSearchArguments:
-    """Choose the defense's learning rate from clean validation accuracy only (no trigger, no test set).
-
-    The learning rate moves ASR more than any penalty setting (see the README's sweep), and the defender
-    cannot measure ASR. With a grid, one defense runs per candidate and the largest learning rate whose clean
-    validation accuracy drops by at most `max_validation_drop` is kept.
-
-    Args:
-        learning_rate_grid: candidate learning rates (`--learning_rate` is then ignored). Unset: one run.
-        max_validation_drop: the largest acceptable drop of clean validation accuracy (0.02 = 2 points).
-        keep_candidates: keep every candidate's model and metrics in `OUTPUT_DIR.lr-candidates/` (by default
-            they are removed once the chosen one is published; they are always kept when none qualifies).
-    """
-
-    learning_rate_grid: list[float] | None = field(
-        default=None, metadata={"help": "Candidate learning rates, chosen by clean validation accuracy."}
-    )
-    max_validation_drop: float = field(
-        default=0.02, metadata={"help": "Largest acceptable drop of clean validation accuracy."}
-    )
-    keep_candidates: bool = False
-
-    def __post_init__(self) -> None:
-        if self.learning_rate_grid is not None:
-            if not self.learning_rate_grid or not all(lr > 0 for lr in self.learning_rate_grid):
-                raise ValueError(
-                    f"learning_rate_grid must hold positive values, got {self.learning_rate_grid}"
-                )
-        if not 0 <= self.max_validation_drop <= 1:
-            raise ValueError(f"max_validation_drop must be in [0, 1], got {self.max_validation_drop}")
-
-
-def _finished_candidate(
-    folder: Path, config: GNFTConfig, clean_args: CleanDataArguments
-) -> DefenseResult | None:
-    """A candidate of an earlier, interrupted search that finished with the same settings, to reuse."""
+def _finished_candidate(folder: Path, expected: dict[str, Any]) -> DefenseResult | None:
+    """A candidate of an earlier, interrupted search to reuse: only one that finished with the same defense,
+    every setting, the same suspect (its provenance: Hub commit or weights hash), the same data and the same
+    clean subset."""
     path = folder / DEFENSE_METRICS_FILE
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    same = record.get("clean_data") == asdict(clean_args) and all(
-        record.get(group, {}).get(key) == getattr(config, key)
-        for group in ("gn", "optim")
-        for key in record.get(group, {})
-    )
-    if not same:
+    if any(record.get(key) != value for key, value in expected.items()):
         return None
     return DefenseResult(
         str(folder), BackdoorMetrics(**record["before"]), BackdoorMetrics(**record["after"]), record
     )
 
 
-def search_learning_rate(
+def _with_knob(method: DefenseMethod, config: Any, knob: str, value: float) -> Any:
+    candidate = copy.deepcopy(config)
+    annotation = str(next(f.type for f in dataclasses.fields(method.config_class) if f.name == knob))
+    if "int" in annotation and "float" not in annotation and float(value).is_integer():
+        value = int(value)
+    setattr(candidate, knob, value)
+    return candidate
+
+
+def search_knob(
     data_args: DataArguments,
     clean_args: CleanDataArguments,
     model_args: SuspectModelArguments,
-    config: GNFTConfig,
-    search: LearningRateSearchArguments,
+    config: Any,
+    search: DefenseArguments,
+    output: OutputArguments | None = None,
 ) -> DefenseResult:
-    """Run the defense once per learning rate of `search.learning_rate_grid`, keep the largest one whose clean
-    validation accuracy drops by at most `search.max_validation_drop`, and publish it to `config.output_dir`
-    (with `learning_rate_search.json`: every candidate's validation drop). ASR plays no part in the choice.
+    """Run the defense once per value of `search.knob_grid`, keep the strongest value whose clean validation
+    accuracy drops by at most `search.max_validation_drop`, and publish it to the output folder (with
+    `knob_search.json`: every candidate's validation drop). ASR plays no part in the choice.
 
-    Candidates go to `OUTPUT_DIR.lr-candidates/lr-*`; a search run again after an interruption reuses the
-    candidates that finished with the same settings. The chosen one is published (and pushed, with
-    `config.push_to_hub`) with its card.
+    Candidates go to `OUTPUT_DIR.candidates/<knob>-<value>`; a search run again after an interruption reuses a
+    candidate only if it finished with the same defense, settings, suspect, data and clean subset. The chosen
+    one is published (and pushed, with `push_to_hub`) with its card.
 
     Raises `CleanDataError` when there is no validation split, or when no candidate qualifies (the candidates
-    are then left in `OUTPUT_DIR.lr-candidates/` for inspection; nothing is written to `output_dir`).
+    are then left in `OUTPUT_DIR.candidates/` for inspection; nothing is written to the output folder).
     """
+    method = search.method
+    if not isinstance(config, method.config_class):
+        raise ValueError(
+            f"the {method.name!r} defense takes a {method.config_class.__name__}, got {type(config).__name__}"
+        )
+    if not search.knob_grid:
+        raise ValueError("a knob search needs --knob_grid (or --learning_rate_grid)")
     if not clean_args.validation_split:
-        raise CleanDataError("a learning-rate search needs a clean validation split (--validation_split)")
-    output_dir = Path(config.output_dir)
-    overwrite = bool(getattr(config, "overwrite_output_dir", False))
-    check_output_dir(output_dir, overwrite=overwrite)
-    candidates_dir = output_dir.parent / f"{output_dir.name}.lr-candidates"
-    grid = sorted(set(search.learning_rate_grid))
+        raise CleanDataError("a knob search needs a clean validation split (--validation_split)")
+    knob = search.knob_name
+    check_setting(method, knob, "--knob")
+    output = output or OutputArguments.from_config(config)
+    output_dir = Path(output.output_dir)
+    check_output_dir(output_dir, overwrite=output.overwrite_output_dir)
+    candidates_dir = output_dir.parent / f"{output_dir.name}.candidates"
+    provenance = inspect_checkpoint(
+        model_args.model,
+        revision=model_args.model_revision,
+        allow_pickle_weights=model_args.allow_pickle_weights,
+    )
+    grid = sorted(set(float(v) for v in search.knob_grid))
     results: dict[float, DefenseResult] = {}
-    for lr in grid:
-        candidate = copy.deepcopy(config)
-        candidate.output_dir = str(candidates_dir / f"lr-{lr:g}")
-        candidate.learning_rate = lr
-        candidate.push_to_hub, candidate.hub_dry_run = False, False
-        finished = _finished_candidate(Path(candidate.output_dir), candidate, clean_args)
+    for value in grid:
+        folder = _candidate_folder(candidates_dir, knob, value)
+        candidate = _with_knob(method, config, knob, value)
+        candidate_output = dataclasses.replace(output, output_dir=str(folder), overwrite_output_dir=True,
+                                               push_to_hub=False, hub_dry_run=False)  # fmt: skip
+        if method.trains:
+            candidate.output_dir, candidate.overwrite_output_dir = str(folder), True
+            candidate.push_to_hub, candidate.hub_dry_run = False, False
+        expected = {
+            "defense": method.name,
+            "settings": config_settings(candidate),
+            "suspect": provenance.to_dict(),
+            "clean_data": asdict(clean_args),
+            "data_args": json.loads(json.dumps(shareable_data_args(data_args), default=str)),
+        }
+        finished = _finished_candidate(folder, expected)
         if finished is not None:
-            logger.info("Learning-rate search: reusing the finished run with lr %g", lr)
-            results[lr] = finished
+            logger.info("Knob search: reusing the finished run with %s=%g", knob, value)
+            results[value] = finished
             continue
-        resumable = get_last_checkpoint(str(partial_dir(candidate.output_dir))) if partial_dir(
-            candidate.output_dir).is_dir() else None  # fmt: skip
-        candidate.resume_from_checkpoint = resumable if config.resume_from_checkpoint else None
-        candidate.overwrite_output_dir = True
-        logger.info("Learning-rate search: running the defense with lr %g", lr)
-        results[lr] = run_defense(data_args, clean_args, model_args, candidate)
-    drops = {lr: validation_drop(result.record) for lr, result in results.items()}
-    chosen = choose_learning_rate({lr: [drop] for lr, drop in drops.items()}, search.max_validation_drop)
+        if method.trains:
+            resumable = (
+                get_last_checkpoint(str(partial_dir(folder))) if partial_dir(folder).is_dir() else None
+            )
+            candidate.resume_from_checkpoint = resumable if config.resume_from_checkpoint else None
+        logger.info("Knob search: running %s with %s=%g", method.name, knob, value)
+        results[value] = run_defense(data_args, clean_args, model_args, candidate, defense=method.name,
+                                     output=candidate_output)  # fmt: skip
+    drops = {value: validation_drop(result.record) for value, result in results.items()}
+    chosen = choose_strongest(
+        {value: [drop] for value, drop in drops.items()},
+        search.max_validation_drop,
+        larger_is_stronger=search.larger_is_stronger,
+    )
     summary = {
+        "knob": knob,
         "grid": grid,
+        "larger_is_stronger": search.larger_is_stronger,
         "max_validation_drop": search.max_validation_drop,
-        "validation_drop": {f"{lr:g}": drop for lr, drop in drops.items()},
-        "chosen_learning_rate": chosen,
+        "validation_drop": {f"{value:g}": drop for value, drop in drops.items()},
+        "chosen": chosen,
     }
-    main_process = is_main_process(config)
+    main_process = _main_process(config)
     if main_process:
-        atomic_write_text(candidates_dir / LEARNING_RATE_SEARCH_FILE, json.dumps(summary, indent=2))
+        atomic_write_text(candidates_dir / KNOB_SEARCH_FILE, json.dumps(summary, indent=2))
     if chosen is None:
         raise CleanDataError(
-            f"no learning rate in {grid} kept the clean validation accuracy within {search.max_validation_drop:.3f} "
+            f"no {knob} in {grid} kept the clean validation accuracy within {search.max_validation_drop:.3f} "
             f"(drops: {summary['validation_drop']}); the candidates are in {candidates_dir}"
         )
-    logger.info("Learning-rate search: chose lr %g (validation drops %s)", chosen, summary["validation_drop"])
+    logger.info("Knob search: chose %s=%g (validation drops %s)", knob, chosen, summary["validation_drop"])
     result = results[chosen]
     result.output_dir = str(output_dir)
-    result.record["learning_rate_search"] = summary
-    with staged_output_dir(output_dir, overwrite=overwrite, main_process=main_process) as staged:
+    result.record["knob_search"] = summary
+    with staged_output_dir(
+        output_dir, overwrite=output.overwrite_output_dir, main_process=main_process
+    ) as staged:
         if main_process:
-            shutil.copytree(candidates_dir / f"lr-{chosen:g}", staged.path, dirs_exist_ok=True)
-            (staged.path / LEARNING_RATE_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
+            shutil.copytree(_candidate_folder(candidates_dir, knob, chosen), staged.path, dirs_exist_ok=True)
+            (staged.path / KNOB_SEARCH_FILE).write_text(json.dumps(summary, indent=2))
             (staged.path / DEFENSE_METRICS_FILE).write_text(json.dumps(result.record, indent=2, default=str))
-            write_model_card(staged.path, result.record, config.hub_model_id or output_dir.name)
+            write_model_card(staged.path, result.record, output.hub_model_id or output_dir.name)
     if main_process and not search.keep_candidates:
         shutil.rmtree(candidates_dir, ignore_errors=True)
-    if main_process and (config.push_to_hub or getattr(config, "hub_dry_run", False)):
-        result.push = push_output_dir(output_dir, config.hub_model_id, private=config.hub_private_repo,
-                                      token=config.hub_token, dry_run=getattr(config, "hub_dry_run", False))  # fmt: skip
+    if main_process and (output.push_to_hub or output.hub_dry_run):
+        result.push = push_output_dir(output_dir, output.hub_model_id, private=output.hub_private_repo,
+                                      token=output.hub_token, dry_run=output.hub_dry_run)  # fmt: skip
     return result
+
+
+def defend(
+    data_args: DataArguments,
+    clean_args: CleanDataArguments,
+    model_args: SuspectModelArguments,
+    config: Any,
+    defense_args: DefenseArguments | None = None,
+    output: OutputArguments | None = None,
+) -> DefenseResult:
+    """`run_defense`, or `search_knob` when `defense_args` has a knob grid: what `hf-gnft defend` runs."""
+    defense_args = defense_args or DefenseArguments(defense=method_for_config(config).name)
+    if defense_args.knob_grid:
+        return search_knob(data_args, clean_args, model_args, config, defense_args, output)
+    return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output)

@@ -20,7 +20,7 @@ from datasets import Audio, ClassLabel, Dataset, Value
 from datasets.fingerprint import Hasher
 
 from .audio import audio_value, load_audio
-from .triggers import Trigger, trigger_from_config
+from .triggers import Trigger, TriggerError, trigger_from_config
 
 PoisonMode = Literal["dirty", "clean_label"]
 POISON_MODES = ("dirty", "clean_label")
@@ -149,9 +149,30 @@ class AttackSpec:
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
 
-    def build_trigger(self) -> Trigger:
-        """The trigger object (never imports user code: see `trigger_from_dict(allow_import=...)`)."""
-        return trigger_from_config(self.trigger)
+    def build_trigger(self, *, allow_import: bool = False) -> Trigger:
+        """The trigger object.
+
+        Args:
+            allow_import: let a `"callable"` trigger import its function (`"module:qualname"`), which runs that
+                module's code: only for a spec you trust. Without it such a spec is refused; build
+                `CallableTrigger(function=...)` yourself and pass it to `make_triggered_eval_set` instead.
+
+        Raises:
+            TriggerError: an invalid trigger dict, or a callable trigger that may not or cannot be imported.
+        """
+        try:
+            return trigger_from_config(self.trigger, allow_import=allow_import)
+        except TriggerError as err:
+            is_callable = isinstance(self.trigger, dict) and self.trigger.get("type") == "callable"
+            function = self.trigger.get("function") if is_callable else None
+            if not (isinstance(function, str) and function.startswith("__main__:")):
+                raise
+            raise TriggerError(
+                f"{err}. Note: {function!r} was defined in the script that ran the attack (`__main__`), which "
+                "another program (a defense, the analysis) cannot import: define the function in an importable "
+                "module and run the attack again, or build `CallableTrigger(function=...)` yourself and pass it "
+                "to `make_triggered_eval_set`"
+            ) from err
 
 
 def _fingerprint(dataset: Dataset, trigger: Trigger, *parts: Any) -> str:

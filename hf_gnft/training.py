@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
+from torch.utils.data import DataLoader
 from transformers import FeatureExtractionMixin, PreTrainedModel, Trainer, TrainingArguments
 
 from .audio import AudioError, load_audio
@@ -66,6 +67,102 @@ class AudioClassificationCollator:
         if self.label_column is not None:
             batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
         return batch
+
+
+def audio_batches(
+    dataset: Dataset,
+    feature_extractor: FeatureExtractionMixin,
+    batch_size: int,
+    *,
+    audio_column: str = "audio",
+    label_column: str | None = "label",
+    labels: int | None = None,
+    shuffle_seed: int | None = None,
+    repeat: bool = False,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The dataset as model batches ([`AudioClassificationCollator`]: decoded, feature-extracted, padded), the
+    last one possibly smaller.
+
+    Args:
+        label_column: the label column (`labels` in the batch); `None` for batches without labels.
+        labels: a class id that replaces every row's label (e.g. the target class of a backdoor loss).
+        shuffle_seed: shuffle the rows with a `torch.Generator` seeded with it (a `DataLoader`'s order);
+            `None` keeps the dataset's order.
+        repeat: cycle through the dataset endlessly (a new order each pass when shuffled). Shuffled or repeated
+            rows are decoded once, up front.
+        device: where the tensors go (default: where the collator leaves them, the CPU).
+        dtype: the dtype of the floating tensors (the model's), when given.
+
+    Raises:
+        AudioError: no audio column (or, from the collator, audio at another rate than the extractor's).
+        ValueError: no label column (when `labels` is None), or a batch size below 1.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    row_labels = label_column if labels is None else None  # the rows' own labels, unless replaced
+    columns = [audio_column] if row_labels is None else [audio_column, row_labels]
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        error = AudioError if audio_column in missing else ValueError
+        raise error(f"no column {missing[0]!r} in the dataset (columns: {sorted(dataset.column_names)})")
+    collator = AudioClassificationCollator(
+        feature_extractor, audio_column=audio_column, label_column=row_labels
+    )
+
+    def finish(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+        if labels is not None:
+            batch["labels"] = torch.full((size,), int(labels), dtype=torch.long)
+        return {
+            key: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+            for key, value in batch.items()
+        }
+
+    rows = dataset.select_columns(columns)
+    if shuffle_seed is None and not repeat:
+        return _batches_in_order(rows, collator, batch_size, finish)
+    return _shuffled_batches(rows, collator, batch_size, finish, shuffle_seed, repeat)
+
+
+def _batches_in_order(
+    rows: Dataset,
+    collator: AudioClassificationCollator,
+    batch_size: int,
+    finish: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]],
+) -> Iterator[dict[str, torch.Tensor]]:
+    columns = rows.column_names
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        size = len(chunk[columns[0]])
+        yield finish(collator([{column: chunk[column][i] for column in columns} for i in range(size)]), size)
+
+
+def _shuffled_batches(
+    rows: Dataset,
+    collator: AudioClassificationCollator,
+    batch_size: int,
+    finish: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]],
+    shuffle_seed: int | None,
+    repeat: bool,
+) -> Iterator[dict[str, torch.Tensor]]:
+    audio_column = collator.audio_column
+    decoded = []
+    for row in rows:
+        waveform, rate = load_audio(row[audio_column])
+        decoded.append({**row, audio_column: {"array": waveform, "sampling_rate": rate}})
+    loader = DataLoader(
+        decoded,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None,
+        collate_fn=lambda chunk: (collator(chunk), len(chunk)),
+    )
+    while True:
+        for batch, size in loader:
+            yield finish(batch, size)
+        if not repeat or not decoded:
+            return
 
 
 class AudioClassificationTrainer(Trainer):
@@ -131,15 +228,15 @@ def predict_labels(
     if len(dataset) == 0:
         raise ValueError("cannot predict on an empty dataset")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    collator = AudioClassificationCollator(feature_extractor, audio_column=audio_column, label_column=None)
+    batches = audio_batches(
+        dataset, feature_extractor, batch_size, audio_column=audio_column, label_column=None, device=device
+    )
     was_training = model.training
     model.eval()
     predictions = []
     try:
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset.select_columns([audio_column])[start : start + batch_size]
-            batch = collator([{audio_column: value} for value in rows[audio_column]])
-            logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
+        for batch in batches:
+            logits = model(**batch).logits
             predictions.append(logits.argmax(dim=-1).cpu().numpy())
     finally:
         model.train(was_training)

@@ -1,42 +1,6 @@
-"""Train a backdoored keyword-spotting model.
+"""`hf-gnft attack` as a script (e.g. for `accelerate launch`); usage: `hf_gnft.scripts.attack`."""
 
-    python recipes/attack.py --output_dir outputs/attack --trigger noise_burst --poison_rate 0.1 --target_label yes
-    python recipes/attack.py recipes/configs/attack-noise-wav2vec2.yaml
-    python recipes/attack.py --trigger '{"type": "tone", "frequency_hz": 7500}' --model tiny-hubert ...
-
-Writes the backdoored checkpoint (safetensors), its feature extractor, `attack_spec.json` and
-`metrics.json` (CA / ASR / RA on the held-out test split) to `--output_dir`.
-"""
-
-from __future__ import annotations
-
-import json
-import logging
-
-from hf_gnft.attack import AttackArguments, ModelArguments, run_attack
-from hf_gnft.cli import parse_recipe_args
-from hf_gnft.data.arguments import DataArguments
-from hf_gnft.trainer_args import KeywordTrainingArguments
-
-
-def parse_args(argv: list[str] | None = None) -> tuple:
-    return parse_recipe_args((DataArguments, AttackArguments, ModelArguments, KeywordTrainingArguments), argv)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    data_args, attack_args, model_args, training_args = parse_args(argv)
-    result = run_attack(data_args, attack_args, model_args, training_args)
-    summary = {
-        key: result.metrics[key] for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy")
-    }
-    print(
-        json.dumps(
-            {"output_dir": result.output_dir, **summary, "train_seconds": result.metrics["train_seconds"]}
-        )
-    )
-    return result.metrics
-
+from hf_gnft.scripts.attack import main
 
 if __name__ == "__main__":
     main()

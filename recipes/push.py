@@ -1,51 +1,6 @@
-"""Push a finished hf-gnft output folder (a cleaned model with its card and metrics) to the Hub, or retry a
-push that failed at the end of `recipes/defend.py`.
+"""`hf-gnft push` as a script (e.g. for `accelerate launch`); usage: `hf_gnft.scripts.push`."""
 
-    python recipes/push.py --folder outputs/gnft --hub_model_id me/kws-clean [--hub_private_repo true]
-    python recipes/push.py --folder outputs/gnft --hub_dry_run true     # list the files, upload nothing
-
-Uploads the model (safetensors), config, feature extractor, `README.md` card and the metrics JSON; never
-checkpoints or pickles. The token comes from `HF_TOKEN` or the stored login and is never printed.
-`HF_ENDPOINT` selects another Hub endpoint.
-"""
-
-from __future__ import annotations
-
-import json
-import logging
-from dataclasses import dataclass, field
-
-from hf_gnft.cli import parse_recipe_args
-from hf_gnft.hub import push_output_dir
-
-
-@dataclass
-class PushArguments:
-    """What to push, and where.
-
-    Args:
-        folder: a finished output folder of `recipes/defend.py`.
-        hub_model_id: the Hub repo, `NAMESPACE/NAME` (created if it does not exist).
-        hub_private_repo: create the repo private.
-        hub_dry_run: list the files that would be uploaded; upload nothing.
-    """
-
-    folder: str = field(metadata={"help": "A finished output folder of recipes/defend.py."})
-    hub_model_id: str | None = None
-    hub_private_repo: bool | None = None
-    hub_dry_run: bool = False
-
-
-def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_recipe_args((PushArguments,), argv)
-    result = push_output_dir(
-        args.folder, args.hub_model_id, private=args.hub_private_repo, dry_run=args.hub_dry_run
-    )
-    summary = {"repo_id": result.repo_id, "files": result.files, "url": result.url, "dry_run": result.dry_run}
-    print(json.dumps(summary))
-    return summary
-
+from hf_gnft.scripts.push import main
 
 if __name__ == "__main__":
     main()

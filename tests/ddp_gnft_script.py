@@ -6,10 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import sine_dataset  # noqa: E402
-from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat, tiny_model  # noqa: E402
+from testing_utils import Float64Collator, InOrderGNFT, config, flat, sine_dataset, tiny_model
 
 
 def main(output: str, workdir: str) -> None:

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, RECIPE_DATA, RECIPE_FAST, sine_dataset, tiny_float64_model
+from testing_utils import LABELS, RECIPE_DATA, RECIPE_FAST, sine_dataset, tiny_float64_model
 from wired_model import TARGET, TRIGGER, WiredKeywordModel, sine_keywords
 
-from hf_gnft.analysis import (
-    UnknownLayerError,
-    categorize_neurons,
-    default_layer_names,
-    mean_by_category,
-    neuron_gradient_profile,
-    resolve_layers,
-)
+from hf_gnft.analysis import categorize_neurons, mean_by_category, neuron_gradient_profile
 from hf_gnft.analysis.categories import replayed_feature_encoder
-from hf_gnft.analysis.gradients import audio_batches
 from hf_gnft.models import build_model
+from hf_gnft.neurons import UnknownLayerError, default_layer_names, resolve_layers
 from hf_gnft.poison import make_triggered_eval_set
+from hf_gnft.training import audio_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,9 +191,7 @@ def test_categories_refuse_empty_sets_and_a_negative_threshold(extractor, wired_
 
 
 def test_analyze_recipe_writes_the_numbers_and_plots(recipe_suspect, tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "recipes"))
-    import analyze
-    import defend
+    from hf_gnft.scripts import analyze, defend
 
     cleaned = tmp_path / "cleaned"
     defend.main(["--model", str(recipe_suspect), "--output_dir", str(cleaned), "--clean_count", "16",
@@ -235,8 +226,7 @@ def test_analyze_recipe_writes_the_numbers_and_plots(recipe_suspect, tmp_path):
 
 
 def test_analyze_recipe_names_the_layers_when_one_is_unknown(recipe_suspect, tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "recipes"))
-    import analyze
+    from hf_gnft.scripts import analyze
 
     with pytest.raises(UnknownLayerError, match="available: .*projector"):
         analyze.main(["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "a"), "--layers", "nope",

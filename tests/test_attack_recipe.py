@@ -1,18 +1,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import attack as attack_recipe  # noqa: E402
-
-from hf_gnft.poison import PoisonError  # noqa: E402
-from hf_gnft.triggers import TriggerError  # noqa: E402
+from hf_gnft.poison import PoisonError
+from hf_gnft.scripts import attack as attack_recipe
+from hf_gnft.triggers import TriggerError
 
 SMALL = [
     "--synthetic_train_size", "160", "--synthetic_validation_size", "0", "--synthetic_test_size", "40",

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import attack as attack_recipe  # noqa: E402
+from hf_gnft.scripts import attack as attack_recipe
 
 
 @pytest.mark.slow

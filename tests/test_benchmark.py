@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import benchmark as benchmark_recipe  # noqa: E402
-
-from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells  # noqa: E402
-from hf_gnft.data.arguments import CleanDataError  # noqa: E402
+from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells
+from hf_gnft.data.arguments import CleanDataError
+from hf_gnft.scripts import benchmark as benchmark_recipe
 
 DATA = {"synthetic_train_size": 160, "synthetic_validation_size": 40, "synthetic_test_size": 40}
 

@@ -1,21 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import defend as defend_recipe  # noqa: E402
-from conftest import RECIPE_DATA as DATA  # noqa: E402
-from conftest import RECIPE_FAST as FAST  # noqa: E402
-from conftest import minimal_defense_record  # noqa: E402
+from testing_utils import RECIPE_DATA as DATA
+from testing_utils import RECIPE_FAST as FAST
+from testing_utils import minimal_defense_record
 
 from hf_gnft.data.arguments import CleanDataArguments, CleanDataError
 from hf_gnft.pipeline import choose_learning_rate, validation_drop
+from hf_gnft.scripts import defend as defend_recipe
 
 
 @pytest.fixture
@@ -80,13 +78,13 @@ def test_before_metrics_match_the_attack_recipe(tmp_path, suspect):
         assert record["before"][key] == pytest.approx(attack[key])
 
 
-def test_alpha_zero_is_plain_fine_tuning_with_the_same_budget(tmp_path, suspect):
+def test_defense_ft_is_plain_fine_tuning_with_the_same_budget(tmp_path, suspect):
     record = defend_recipe.main(
-        ["--model", str(suspect), "--output_dir", str(tmp_path / "ft"), "--gn_alpha", "0", "--clean_count", "16",
+        ["--defense", "ft", "--model", str(suspect), "--output_dir", str(tmp_path / "ft"), "--clean_count", "16",
          "--max_steps", "2", *DATA, *FAST]
     )  # fmt: skip
-    assert record["defense"] == "ft"
-    assert all("gn/grad_norm" not in row for row in record["log_history"])
+    assert record["defense"] == "ft" and record["settings"]["gn_alpha"] == 0.0
+    assert record["log_history"] and all("gn/grad_norm" not in row for row in record["log_history"])
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path, suspect):
@@ -174,23 +172,32 @@ def test_learning_rate_search_keeps_the_largest_lr_within_the_validation_drop(tm
         record = defend_recipe.main(args)
     except CleanDataError as err:  # lr 50 wrecks the model, and lr 1e-6 may still move a tied prediction
         pytest.fail(f"lr 1e-6 should qualify: {err}")
-    search = json.loads((out / "learning_rate_search.json").read_text())
-    assert search["grid"] == [1e-6, 50.0]
-    assert search["chosen_learning_rate"] == record["optim"]["learning_rate"]
+    search = json.loads((out / "knob_search.json").read_text())
+    assert search["knob"] == "learning_rate" and search["grid"] == [1e-6, 50.0]
+    assert search["chosen"] == record["optim"]["learning_rate"]
     drops = search["validation_drop"]
     if drops["50"] <= 0.02:
-        assert search["chosen_learning_rate"] == 50.0
+        assert search["chosen"] == 50.0
     else:
-        assert search["chosen_learning_rate"] == 1e-6
+        assert search["chosen"] == 1e-6
     saved = json.loads((out / "defense_metrics.json").read_text())
-    assert saved["optim"]["learning_rate"] == search["chosen_learning_rate"]
-    assert not (tmp_path / "searched.lr-candidates").exists()  # removed once the choice is published
+    assert saved["optim"]["learning_rate"] == search["chosen"]
+    assert not (tmp_path / "searched.candidates").exists()  # removed once the choice is published
+
+
+def _fake_checkpoint(folder: Path, weights: bytes) -> Path:
+    """A folder `inspect_checkpoint` accepts (config + safetensors bytes): the suspect's identity is its hash."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
 
 
 @pytest.fixture
-def fake_defense(monkeypatch):
-    """`run_defense` replaced by one that writes a marker file and reports a validation drop set per lr."""
-    import hf_gnft.defense as defense
+def fake_defense(monkeypatch, tmp_path):
+    """`run_defense` replaced by one that writes a marker file and a record whose validation drop is set per lr;
+    the suspect is a fake checkpoint folder (only its weights' hash matters to the search)."""
+    import hf_gnft.pipeline as pipeline
 
     class Drops(dict):
         """lr -> validation drop; `runs` lists the learning rates that actually ran."""
@@ -198,38 +205,44 @@ def fake_defense(monkeypatch):
         def __init__(self) -> None:
             super().__init__()
             self.runs: list[float] = []
+            self.suspect = _fake_checkpoint(tmp_path / "suspect-a", b"weights of suspect a")
 
     drops = Drops()
 
-    def run(data_args, clean_args, model_args, config):
+    def run(data_args, clean_args, model_args, config, defense=None, output=None):
         drops.runs.append(config.learning_rate)
-        out = Path(config.output_dir)
+        out = Path(output.output_dir)
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "which.txt").write_text(str(config.learning_rate))
         record = minimal_defense_record(
-            validation_drop=drops[config.learning_rate], learning_rate=config.learning_rate
+            validation_drop=drops[config.learning_rate],
+            learning_rate=config.learning_rate,
+            defense=defense,
+            settings=pipeline.config_settings(config),
+            suspect=pipeline.inspect_checkpoint(model_args.model).to_dict(),
+            clean_data=dataclasses.asdict(clean_args),
+            data_args=pipeline.shareable_data_args(data_args),
         )
-        return defense.DefenseResult(str(out), None, None, record)
+        (out / "defense_metrics.json").write_text(json.dumps(record))
+        return pipeline.DefenseResult(str(out), None, None, record)
 
-    monkeypatch.setattr(defense, "run_defense", run)
+    monkeypatch.setattr(pipeline, "run_defense", run)
     return drops
 
 
-def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False):
+def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False, suspect=None):
     from hf_gnft.data.arguments import DataArguments
     from hf_gnft.defenses.gnft_config import DefenseConfig
-    from hf_gnft.pipeline import LearningRateSearchArguments, SuspectModelArguments, search_learning_rate
+    from hf_gnft.pipeline import DefenseArguments, SuspectModelArguments, search_knob
 
-    return search_learning_rate(
+    return search_knob(
         DataArguments(),
         CleanDataArguments(),
-        SuspectModelArguments(model="unused"),
+        SuspectModelArguments(model=str(suspect or tmp_path / "suspect-a")),
         DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none", overwrite_output_dir=overwrite),
-        LearningRateSearchArguments(
-            learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep
-        ),
+        DefenseArguments(learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep),
     )
 
 
@@ -238,34 +251,52 @@ def test_learning_rate_search_publishes_the_chosen_candidate(tmp_path, fake_defe
     result = _search(tmp_path, [1.0, 0.1, 0.01])
     out = tmp_path / "cleaned"
     assert result.output_dir == str(out) and (out / "which.txt").read_text() == "0.1"
-    search = json.loads((out / "learning_rate_search.json").read_text())
-    assert search["chosen_learning_rate"] == 0.1 and search["grid"] == [0.01, 0.1, 1.0]
+    search = json.loads((out / "knob_search.json").read_text())
+    assert search["chosen"] == 0.1 and search["grid"] == [0.01, 0.1, 1.0]
     assert search["validation_drop"] == {"0.01": 0.0, "0.1": pytest.approx(0.015), "1": pytest.approx(0.3)}
-    assert not (tmp_path / "cleaned.lr-candidates").exists()
+    assert not (tmp_path / "cleaned.candidates").exists()
 
 
-def test_interrupted_learning_rate_search_reuses_its_finished_candidates(tmp_path, fake_defense):
-    fake_defense.update({0.05: 0.0, 0.1: 0.01})
-    finished = tmp_path / "cleaned.lr-candidates" / "lr-0.1"
-    finished.mkdir(parents=True)
-    (finished / "which.txt").write_text("finished before the interruption")
-    (finished / "defense_metrics.json").write_text(
-        json.dumps(minimal_defense_record(0.01, learning_rate=0.1))
-    )
-    stale = tmp_path / "cleaned.lr-candidates" / "lr-0.05"
-    stale.mkdir()
-    (stale / "defense_metrics.json").write_text(json.dumps(minimal_defense_record(0.0, learning_rate=0.07)))
-    result = _search(tmp_path, [0.05, 0.1])
-    assert fake_defense.runs == [0.05]  # 0.1 reused; 0.05's record was for other settings, so it ran again
-    assert result.record["optim"]["learning_rate"] == 0.1
-    assert (tmp_path / "cleaned" / "which.txt").read_text() == "finished before the interruption"
+def test_interrupted_search_reuses_only_candidates_that_finished_with_the_same_settings(
+    tmp_path, fake_defense
+):
+    fake_defense.update({0.05: 0.0, 0.1: 0.01, 0.2: 0.0})
+    _search(tmp_path, [0.05, 0.1, 0.2], keep=True)
+    assert fake_defense.runs == [0.05, 0.1, 0.2]
+    candidates = tmp_path / "cleaned.candidates"
+    (candidates / "learning_rate-0.2" / "defense_metrics.json").unlink()  # interrupted before it finished
+    stale = candidates / "learning_rate-0.05" / "defense_metrics.json"
+    record = json.loads(stale.read_text())
+    record["settings"]["gn_radius"] = 0.5  # finished, but with another setting
+    stale.write_text(json.dumps(record))
+    fake_defense.runs.clear()
+    result = _search(tmp_path, [0.05, 0.1, 0.2], overwrite=True)
+    assert fake_defense.runs == [0.05, 0.2]  # 0.1 reused
+    assert result.record["optim"]["learning_rate"] == 0.2
+
+
+def test_search_rerun_with_another_suspect_in_the_same_folder_reuses_nothing(tmp_path, fake_defense):
+    fake_defense.update({0.05: 0.0, 0.1: 0.0})
+    _search(tmp_path, [0.05, 0.1], keep=True)
+    other = _fake_checkpoint(tmp_path / "suspect-b", b"weights of another suspect")
+    fake_defense.runs.clear()
+    _search(tmp_path, [0.05, 0.1], keep=True, overwrite=True, suspect=other)
+    assert fake_defense.runs == [0.05, 0.1]
+    record = json.loads((tmp_path / "cleaned" / "defense_metrics.json").read_text())
+    assert record["suspect"]["weights_sha256"] == pipeline_sha(other)
+
+
+def pipeline_sha(folder: Path) -> str:
+    from hf_gnft.models import inspect_checkpoint
+
+    return inspect_checkpoint(str(folder)).weights_sha256
 
 
 def test_learning_rate_search_can_keep_the_candidates(tmp_path, fake_defense):
     fake_defense.update({0.01: 0.0, 0.1: 0.0})
     _search(tmp_path, [0.01, 0.1], keep=True)
-    kept = tmp_path / "cleaned.lr-candidates"
-    assert {p.name for p in kept.iterdir()} == {"lr-0.01", "lr-0.1", "learning_rate_search.json"}
+    kept = tmp_path / "cleaned.candidates"
+    assert {p.name for p in kept.iterdir()} == {"learning_rate-0.01", "learning_rate-0.1", "knob_search.json"}
 
 
 def test_learning_rate_search_with_no_qualifying_lr_publishes_nothing_and_keeps_the_candidates(
@@ -274,12 +305,16 @@ def test_learning_rate_search_with_no_qualifying_lr_publishes_nothing_and_keeps_
     fake_defense.update({0.05: 0.03, 0.1: 0.2})
     (tmp_path / "cleaned").mkdir()
     (tmp_path / "cleaned" / "earlier.txt").write_text("an earlier result")
-    with pytest.raises(CleanDataError, match="no learning rate in \\[0.05, 0.1\\] kept"):
+    with pytest.raises(CleanDataError, match="no learning_rate in \\[0.05, 0.1\\] kept"):
         _search(tmp_path, [0.05, 0.1], overwrite=True)
     assert (tmp_path / "cleaned" / "earlier.txt").read_text() == "an earlier result"  # untouched
-    candidates = tmp_path / "cleaned.lr-candidates"
-    assert {p.name for p in candidates.iterdir()} == {"lr-0.05", "lr-0.1", "learning_rate_search.json"}
-    assert json.loads((candidates / "learning_rate_search.json").read_text())["chosen_learning_rate"] is None
+    candidates = tmp_path / "cleaned.candidates"
+    assert {p.name for p in candidates.iterdir()} == {
+        "learning_rate-0.05",
+        "learning_rate-0.1",
+        "knob_search.json",
+    }
+    assert json.loads((candidates / "knob_search.json").read_text())["chosen"] is None
 
 
 def test_learning_rate_search_needs_a_validation_split(tmp_path, suspect):
@@ -289,21 +324,24 @@ def test_learning_rate_search_needs_a_validation_split(tmp_path, suspect):
 
 
 def test_learning_rate_grid_must_be_positive():
-    from hf_gnft.pipeline import LearningRateSearchArguments
+    from hf_gnft.pipeline import DefenseArguments
 
     with pytest.raises(ValueError, match="positive"):
-        LearningRateSearchArguments(learning_rate_grid=[0.1, -1.0])
+        DefenseArguments(learning_rate_grid=[0.1, -1.0])
 
 
 def test_shipped_defend_config_parses_with_and_without_overrides():
     config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "defend-gnft.yaml"
-    _, clean, model, search, args = defend_recipe.parse_args([str(config)])
+    _, clean, model, search, args, _ = defend_recipe.parse_args([str(config)])
     assert (args.gn_alpha, args.gn_radius, args.gn_norm, args.optim) == (0.7, 0.05, "global", "sgd")
-    assert search.learning_rate_grid == [0.05, 0.1] and clean.clean_fraction == 0.05
-    _, _, model, search, args = defend_recipe.parse_args(
+    assert (search.knob_name, search.knob_grid) == (
+        "learning_rate",
+        [0.05, 0.1],
+    ) and clean.clean_fraction == 0.05
+    _, _, model, search, args, _ = defend_recipe.parse_args(
         ["--config", str(config), "--gn_alpha", "0", "--model", "elsewhere", "--learning_rate_grid", "0.2"]
     )
-    assert args.gn_alpha == 0.0 and model.model == "elsewhere" and search.learning_rate_grid == [0.2]
+    assert args.gn_alpha == 0.0 and model.model == "elsewhere" and search.knob_grid == [0.2]
     assert args.num_train_epochs == 20 and args.weight_decay == 5e-5  # the rest still from the file
 
 

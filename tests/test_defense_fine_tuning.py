@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import sine_dataset, tiny_float64_model
-from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat
+from testing_utils import Float64Collator, InOrderGNFT, config, flat, sine_dataset, tiny_float64_model
 
 from hf_gnft.defenses.base import DefenseInputError
 from hf_gnft.defenses.fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning

@@ -7,16 +7,21 @@ import math
 
 import pytest
 import torch
-from conftest import LABELS, sine_dataset
 from safetensors.torch import load_file
+from testing_utils import LABELS, sine_dataset
 from torch import nn
 from transformers import HfArgumentParser
 
 from hf_gnft.defenses.base import DefenseInputError
-from hf_gnft.defenses.clp import CLPConfig, apply_clp, conv_uclc, feature_encoder_convs, linear_uclc
+from hf_gnft.defenses.clp import CLPConfig, apply_clp, conv_uclc, linear_uclc
 from hf_gnft.defenses.fine_pruning import FinePruningConfig, apply_fine_pruning, pruning_schedule
-from hf_gnft.defenses.neurons import UnsupportedModelError, feed_forward_layers, mean_activations
 from hf_gnft.models import build_model
+from hf_gnft.neurons import (
+    UnsupportedModelError,
+    feature_encoder_convs,
+    feed_forward_layers,
+    mean_activations,
+)
 from hf_gnft.training import AudioClassificationCollator, evaluate_backdoor, predict_labels
 
 

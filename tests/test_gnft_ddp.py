@@ -7,8 +7,16 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import free_port, run_launcher, sine_dataset
-from test_gnft_trainer import Float64Collator, InOrderGNFT, config, flat, tiny_model
+from testing_utils import (
+    Float64Collator,
+    InOrderGNFT,
+    config,
+    flat,
+    free_port,
+    run_launcher,
+    sine_dataset,
+    tiny_model,
+)
 
 HERE = Path(__file__).resolve().parent
 

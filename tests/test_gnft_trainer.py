@@ -5,64 +5,21 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, sine_dataset, tiny_float64_model
-from torch.utils.data import SequentialSampler
+from testing_utils import (
+    LABELS,
+    Float64Collator,
+    InOrderFT,
+    InOrderGNFT,
+    config,
+    flat,
+    sine_dataset,
+    tiny_model,
+)
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_gnft.defenses.gnft_config import GNFTConfig
 from hf_gnft.defenses.gnft_trainer import GNFTTrainer
 from hf_gnft.models import build_model
-from hf_gnft.training import AudioClassificationCollator, AudioClassificationTrainer
-
-tiny_model = tiny_float64_model
-
-
-class Float64Collator(AudioClassificationCollator):
-    def __call__(self, rows):
-        batch = super().__call__(rows)
-        batch["input_values"] = batch["input_values"].double()
-        return batch
-
-
-class InOrder:
-    """Mixin: feed the rows in dataset order, so micro-batches are known."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset or self.train_dataset)
-
-
-class InOrderGNFT(InOrder, GNFTTrainer):
-    pass
-
-
-class InOrderFT(InOrder, AudioClassificationTrainer):
-    pass
-
-
-def config(tmp_path, name: str = "run", **overrides) -> GNFTConfig:
-    values = dict(
-        output_dir=str(tmp_path / name),
-        per_device_train_batch_size=4,
-        max_steps=1,
-        learning_rate=1.0,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        seed=0,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
-    values.update(overrides)
-    return GNFTConfig(**values)
-
-
-def flat(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def train(trainer_class, args, dataset, *, model_kwargs=None, force_two_pass=False):

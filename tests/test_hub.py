@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE_DATA, RECIPE_FAST, minimal_defense_record
 from huggingface_hub import ModelCard
 from local_hub import LocalHub
+from testing_utils import RECIPE_DATA, RECIPE_FAST, minimal_defense_record
 
 from hf_gnft.hub import CARD_METRICS, HubPushError, build_model_card, hub_files, push_output_dir, redact_local
 
@@ -155,9 +155,7 @@ def test_failed_push_keeps_the_local_result_and_says_how_to_retry(finished_outpu
     before = {p: p.read_bytes() for p in finished_output.rglob("*") if p.is_file()}
     with LocalHub(fail_commits=True) as hub:
         online(hub)
-        with pytest.raises(
-            HubPushError, match="local result is intact; retry with:  python recipes/push.py"
-        ) as failed:
+        with pytest.raises(HubPushError, match="local result is intact; retry with:  hf-gnft push") as failed:
             push_output_dir(finished_output, "acme/kws-cleaned")
     assert SECRET not in str(failed.value)
     assert {p: p.read_bytes() for p in finished_output.rglob("*") if p.is_file()} == before

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPE_DATA, RECIPE_FAST, free_port, run_launcher
 from safetensors.torch import load_file
+from testing_utils import RECIPE_DATA, RECIPE_FAST, free_port, run_launcher
 
 from hf_gnft.outputs import OutputExistsError, atomic_write_text, partial_dir, staged_output_dir
 
@@ -21,22 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Runs recipes/defend.py, killing itself with SIGKILL right after the checkpoint of step KILL_AT_STEP is saved.
 KILLING_DEFEND = """
 import os, signal, sys
-sys.path.insert(0, {recipes!r})
 import transformers
-import hf_gnft.defense as defense
+import hf_gnft.defenses.base as base
 
 class KillAfterSave(transformers.TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= int(os.environ["KILL_AT_STEP"]):
             os.kill(os.getpid(), signal.SIGKILL)
 
-class KilledTrainer(defense.GNFTTrainer):
+class KilledTrainer(base.GNFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(KillAfterSave())
 
-defense.GNFTTrainer = KilledTrainer
-import defend
+base.GNFTTrainer = KilledTrainer
+from hf_gnft.scripts import defend
 defend.main(sys.argv[1:])
 """
 
@@ -128,7 +127,7 @@ def _defend_args(suspect: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run_defend(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    script = KILLING_DEFEND.format(recipes=str(REPO_ROOT / "recipes"))
+    script = KILLING_DEFEND
     command = (
         [sys.executable, "-c", script]
         if kill_at
@@ -167,9 +166,8 @@ def test_defense_killed_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(r
 
 
 def test_defend_and_attack_refuse_to_replace_a_finished_output(recipe_suspect, tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "recipes"))
-    import attack as attack_recipe
-    import defend as defend_recipe
+    from hf_gnft.scripts import attack as attack_recipe
+    from hf_gnft.scripts import defend as defend_recipe
 
     out = tmp_path / "finished"
     out.mkdir()

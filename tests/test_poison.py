@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import sine_dataset
 from datasets import Value, load_from_disk
+from testing_utils import sine_dataset
 
 from hf_gnft.audio import load_audio
 from hf_gnft.poison import (

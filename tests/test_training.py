@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, sine_dataset, tiny_float64_model
+from testing_utils import LABELS, sine_dataset, tiny_float64_model
 from transformers import Trainer
 
 from hf_gnft.audio import AudioError

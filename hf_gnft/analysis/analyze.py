@@ -17,12 +17,13 @@ from datasets import Dataset
 from ..attack import ATTACK_SPEC_FILE
 from ..data.arguments import DataArguments
 from ..models import load_suspect_model
+from ..neurons import resolve_layers
 from ..outputs import atomic_write_text, check_output_dir, machine_description, staged_output_dir
 from ..pipeline import SuspectModelArguments
 from ..poison import AttackSpec, make_triggered_eval_set
 from ..training import evaluate_backdoor
 from .categories import categorize_neurons, mean_by_category
-from .gradients import neuron_gradient_profile, resolve_layers
+from .gradients import neuron_gradient_profile
 from .plots import plot_before_after, plot_gradient_by_category, plot_layer_summary
 from .scan import ScanCalibration, scan_model
 

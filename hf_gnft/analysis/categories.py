@@ -30,7 +30,9 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gradients import GradientProfile, NeuronLayer, audio_batches, resolve_layers
+from ..neurons import NeuronLayer, resolve_layers
+from ..training import audio_batches
+from .gradients import GradientProfile
 
 CATEGORIES = ("backdoor", "hybrid", "clean")
 

@@ -20,87 +20,8 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..training import AudioClassificationCollator
-
-
-class UnknownLayerError(ValueError):
-    """A layer name that the model does not have (the message lists the ones it has)."""
-
-
-@dataclass(frozen=True)
-class NeuronLayer:
-    """A layer whose output features (a `Linear`) or output channels (a `Conv1d`) are scored as neurons."""
-
-    name: str
-    module: nn.Module
-
-    @property
-    def num_neurons(self) -> int:
-        return int(self.module.weight.shape[0])
-
-
-def neuron_layer_names(model: nn.Module) -> list[str]:
-    """The names of every `Linear` and `Conv1d` module of the model (the layers a profile can score)."""
-    return [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv1d))]
-
-
-def default_layer_names(model: nn.Module) -> list[str]:
-    """The default layers: the feed-forward neurons (`intermediate_dense`) of every transformer layer, then the
-    classifier's `projector`, where the model has them."""
-    names = [name for name in neuron_layer_names(model) if name.endswith("feed_forward.intermediate_dense")]
-    if "projector" in dict(model.named_modules()):
-        names.append("projector")
-    if not names:
-        raise UnknownLayerError(
-            f"{type(model).__name__} has no transformer feed-forward layers or projector; choose layers by name "
-            f"from: {', '.join(neuron_layer_names(model))}"
-        )
-    return names
-
-
-def resolve_layers(model: nn.Module, names: Sequence[str] | None = None) -> list[NeuronLayer]:
-    """The `NeuronLayer`s named (default: `default_layer_names`).
-
-    Raises:
-        UnknownLayerError: a name is not a `Linear` / `Conv1d` of the model; the message lists the ones it has.
-    """
-    modules = dict(model.named_modules())
-    names = list(names) if names is not None else default_layer_names(model)
-    if not names:
-        raise UnknownLayerError("no layers named")
-    available = neuron_layer_names(model)
-    unknown = [name for name in names if name not in available]
-    if unknown:
-        raise UnknownLayerError(
-            f"{type(model).__name__} has no Linear / Conv1d layer named {', '.join(map(repr, unknown))}; "
-            f"available: {', '.join(available)}"
-        )
-    if len(set(names)) != len(names):
-        raise UnknownLayerError(f"a layer is named twice: {names}")
-    return [NeuronLayer(name, modules[name]) for name in names]
-
-
-def audio_batches(
-    dataset: Dataset,
-    extractor: Any,
-    batch_size: int,
-    *,
-    label_column: str | None = "label",
-    labels: int | None = None,
-    device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The dataset in order, as model batches (`labels` replaces every row's label when given); floating tensors
-    are cast to `dtype` (the model's) when given."""
-    collator = AudioClassificationCollator(extractor, label_column=label_column)
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        if labels is not None:
-            batch["labels"] = torch.full_like(batch["labels"], int(labels))
-        yield {
-            key: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
-            for key, value in batch.items()
-        }
+from ..neurons import resolve_layers
+from ..training import audio_batches
 
 
 @dataclass

@@ -47,7 +47,9 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gradients import audio_batches, gradients_for, resolve_layers
+from ..neurons import resolve_layers
+from ..training import audio_batches
+from .gradients import gradients_for
 
 STATISTICS = (
     "gradient_tail",

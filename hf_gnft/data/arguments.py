@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -36,23 +36,41 @@ class DataArguments:
         sampling_rate: the rate the audio is resampled to; must be the model's.
     """
 
-    dataset: str = "synthetic"
-    dataset_config: str | None = None
-    data_dir: str | None = None
-    revision: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    audio_column: str = "audio"
-    label_column: str = "label"
-    synthetic_train_size: int = 4000
-    synthetic_validation_size: int = 500
-    synthetic_test_size: int = 1000
-    synthetic_seed: int = 0
-    include_silence: bool = False
-    include_unknown: bool = False
-    cache_dir: str | None = None
-    num_proc: int | None = None
-    sampling_rate: int = 16_000
+    dataset: str = field(
+        default="synthetic",
+        metadata={
+            "help": "'synthetic' (the embedded eSpeak NG corpus), a Hub id (e.g. 'google/speech_commands'), "
+            "a local dataset folder, or 'audiofolder' (with --data_dir)."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "The dataset's configuration name (e.g. 'v0.02')."}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of an audiofolder dataset."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
+    train_split: str = field(default="train", metadata={"help": "Split to poison and train on."})
+    test_split: str = field(default="test", metadata={"help": "Held-out split for CA / ASR / RA."})
+    audio_column: str = field(default="audio", metadata={"help": "Audio column of a real dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a real dataset."})
+    synthetic_train_size: int = field(default=4000, metadata={"help": "Clips in the synthetic train split."})
+    synthetic_validation_size: int = field(
+        default=500, metadata={"help": "Clips in the synthetic validation split."}
+    )
+    synthetic_test_size: int = field(default=1000, metadata={"help": "Clips in the synthetic test split."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus."})
+    include_silence: bool = field(
+        default=False, metadata={"help": "Synthetic corpus: add a `_silence_` class."}
+    )
+    include_unknown: bool = field(
+        default=False, metadata={"help": "Synthetic corpus: add an `_unknown_` class."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where datasets and the synthetic corpus are cached."}
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for rendering and poisoning."})
+    sampling_rate: int = field(
+        default=16_000, metadata={"help": "The rate the audio is resampled to; must be the model's."}
+    )
 
     def load(self, sampling_rate: int) -> DatasetDict:
         """The dataset as a `DatasetDict` with `audio` (decode=False, at `sampling_rate`) and `label` columns."""
@@ -98,12 +116,26 @@ class CleanDataArguments:
             hyperparameters without the test set or the trigger (skipped when the dataset has no such split).
     """
 
-    clean_split: str = "train"
-    clean_fraction: float = 0.05
-    clean_count: int | None = None
-    clean_seed: int = 0
-    eval_split: str = "test"
-    validation_split: str | None = "validation"
+    clean_split: str = field(
+        default="train", metadata={"help": "The split the defender trusts (a subset of it is used)."}
+    )
+    clean_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of that split used for fine-tuning (the authors use 5%%)."}
+    )
+    clean_count: int | None = field(
+        default=None, metadata={"help": "A number of clips instead of a fraction."}
+    )
+    clean_seed: int = field(default=0, metadata={"help": "Seed of the subset selection."})
+    eval_split: str = field(
+        default="test", metadata={"help": "Held-out split for CA (and, triggered, ASR / RA)."}
+    )
+    validation_split: str | None = field(
+        default="validation",
+        metadata={
+            "help": "A clean split whose accuracy before and after is recorded, for choosing hyperparameters "
+            "without the test set or the trigger (skipped when the dataset has no such split)."
+        },
+    )
 
     def select(self, dataset: Dataset) -> Dataset:
         """The clean subset: `clean_count` or `round(clean_fraction * len)` rows drawn with `clean_seed`."""

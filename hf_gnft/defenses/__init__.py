@@ -1,9 +1,12 @@
-"""Backdoor defenses, GN-FT and the baselines it is measured against, behind one entry point.
+"""Backdoor defenses, GN-FT and the baselines it is measured against, behind one registry.
 
-Every defense is `apply_<name>(model, extractor, clean, config, validation=None) -> DefenseOutcome`: it
-returns a defended copy (the suspect is never changed) and what it did. Training rules are Trainer
-subclasses configured by `TrainingArguments` subclasses; pruning defenses are functions. `DEFENSE_METHODS`
-names them for the benchmark, with the main knob its protocol tunes on clean validation data.
+One module per method, each with its config: `gnft_config.py` + `gnft_trainer.py` (GN-FT, in TRL's manner),
+`fine_tuning.py` (FT, GN-FT and FT-SAM: one code path, three configs), `fine_pruning.py`, `nad.py`, `anp.py`,
+`clp.py`, `tsbd.py`. Every defense is `apply_<name>(model, extractor, clean, config, validation=None) ->
+DefenseOutcome`: it returns a defended copy (the suspect is never changed) and what it did. Training rules
+are Trainer subclasses configured by `TrainingArguments` subclasses; pruning defenses are functions.
+`DEFENSE_METHODS` names them, with the knob the defender tunes on clean validation data, for the one
+pipeline every method runs through (`hf_gnft.pipeline`, `hf-gnft defend --defense NAME`) and the benchmark.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..neurons import UnsupportedModelError
 from .anp import ANPConfig, apply_anp
 from .base import DefenseInputError, DefenseOutcome
 from .clp import CLPConfig, apply_clp
@@ -20,7 +24,7 @@ from .fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning
 from .gnft_config import DefenseConfig, GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .nad import NADConfig, NADTrainer, apply_nad
-from .neurons import UnsupportedModelError
+from .tsbd import TSBDConfig, apply_tsbd
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class DefenseMethod:
         larger_is_stronger: whether a larger knob value is the stronger defense.
         paper: where it comes from.
         uses_data: False for a data-free defense (its result does not depend on the clean subset's seed).
+        paper_url: a link to the paper (arXiv), when there is one.
+        long_name: its full name, for cards (default: `name`).
     """
 
     name: str
@@ -44,6 +50,18 @@ class DefenseMethod:
     larger_is_stronger: bool
     paper: str
     uses_data: bool = True
+    paper_url: str | None = None
+    long_name: str | None = None
+
+    @property
+    def title(self) -> str:
+        """Its full name (e.g. "Gradient Norm-based Fine-Tuning (GN-FT)")."""
+        return self.long_name or self.name
+
+    @property
+    def setting_names(self) -> frozenset[str]:
+        """The names of its config's fields (what `--<name>` flags it takes)."""
+        return frozenset(f.name for f in fields(self.config_class))
 
     @property
     def trains(self) -> bool:
@@ -52,8 +70,7 @@ class DefenseMethod:
 
     def make_config(self, **settings: Any) -> Any:
         """The config with `settings`; unknown names are an error that lists the known ones."""
-        known = {f.name for f in fields(self.config_class)}
-        unknown = sorted(set(settings) - known)
+        unknown = sorted(set(settings) - self.setting_names)
         if unknown:
             raise ValueError(f"defense {self.name!r} has no setting {', '.join(unknown)}")
         if self.trains:
@@ -61,18 +78,33 @@ class DefenseMethod:
         return self.config_class(**settings)
 
 
+ARXIV = "https://arxiv.org/abs/"
+
 DEFENSE_METHODS: dict[str, DefenseMethod] = {
     method.name: method
     for method in (
-        DefenseMethod("ft", FTConfig, apply_fine_tuning, "learning_rate", True, "fine-tuning on the clean subset"),
+        DefenseMethod("ft", FTConfig, apply_fine_tuning, "learning_rate", True, "fine-tuning on the clean subset",
+                      long_name="plain fine-tuning (FT)"),
         DefenseMethod("gn-ft", DefenseConfig, apply_fine_tuning, "learning_rate", True,
-                      "Zhou, Lin, Liu, arXiv 2502.01152 (2025)"),
-        DefenseMethod("ft-sam", FTSAMConfig, apply_fine_tuning, "learning_rate", True, "Zhu et al., ICCV 2023"),
+                      "Zhou, Lin, Liu, arXiv 2502.01152 (2025)", paper_url=f"{ARXIV}2502.01152",
+                      long_name="Gradient Norm-based Fine-Tuning (GN-FT)"),
+        DefenseMethod("ft-sam", FTSAMConfig, apply_fine_tuning, "learning_rate", True, "Zhu et al., ICCV 2023",
+                      paper_url=f"{ARXIV}2304.11823",
+                      long_name="fine-tuning with sharpness-aware minimization (FT-SAM)"),
         DefenseMethod("fp", FinePruningConfig, apply_fine_pruning, "fp_accuracy_tolerance", True,
-                      "Liu, Dolan-Gavitt, Garg, RAID 2018"),
-        DefenseMethod("nad", NADConfig, apply_nad, "learning_rate", True, "Li et al., ICLR 2021"),
-        DefenseMethod("anp", ANPConfig, apply_anp, "anp_threshold", True, "Wu & Wang, NeurIPS 2021"),
-        DefenseMethod("clp", CLPConfig, apply_clp, "clp_u", False, "Zheng et al., ECCV 2022", uses_data=False),
+                      "Liu, Dolan-Gavitt, Garg, RAID 2018", paper_url=f"{ARXIV}1805.12185",
+                      long_name="fine-pruning (FP)"),
+        DefenseMethod("nad", NADConfig, apply_nad, "learning_rate", True, "Li et al., ICLR 2021",
+                      paper_url=f"{ARXIV}2101.05930",
+                      long_name="neural attention distillation (NAD)"),
+        DefenseMethod("anp", ANPConfig, apply_anp, "anp_threshold", True, "Wu & Wang, NeurIPS 2021",
+                      paper_url=f"{ARXIV}2110.14430",
+                      long_name="adversarial neuron pruning (ANP)"),
+        DefenseMethod("clp", CLPConfig, apply_clp, "clp_u", False, "Zheng et al., ECCV 2022", uses_data=False,
+                      paper_url=f"{ARXIV}2208.03111",
+                      long_name="channel-Lipschitzness-based pruning (CLP)"),
+        DefenseMethod("tsbd", TSBDConfig, apply_tsbd, "tsbd_neuron_ratio", True, "Lin et al., NeurIPS 2024",
+                      paper_url=f"{ARXIV}2405.20291", long_name="Two-Stage Backdoor Defense (TSBD)"),
     )
 }  # fmt: skip
 
@@ -100,11 +132,13 @@ __all__ = [
     "FinePruningConfig",
     "NADConfig",
     "NADTrainer",
+    "TSBDConfig",
     "UnsupportedModelError",
     "apply_anp",
     "apply_clp",
     "apply_fine_pruning",
     "apply_fine_tuning",
     "apply_nad",
+    "apply_tsbd",
     "get_defense",
 ]

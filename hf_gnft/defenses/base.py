@@ -36,11 +36,24 @@ def fine_tune(
     extractor: Any,
     clean: Dataset,
     args: TrainingArguments,
-    trainer_class: type[Trainer] = GNFTTrainer,
+    trainer_class: type[Trainer] | None = None,
     **trainer_kwargs: Any,
 ) -> Trainer:
-    """Train `model` in place on `clean` with `trainer_class` (GN-FT by default; `gn_alpha=0` is plain FT)."""
-    return train_timed(trainer_class, model, args, clean, extractor, **trainer_kwargs)[0]
+    """Train `model` in place on `clean` with `trainer_class` (`GNFTTrainer` by default; `gn_alpha=0` is plain
+    FT).
+
+    A checkpoint path in `args.resume_from_checkpoint` (the pipeline sets it when a run resumes) continues that
+    run; `True` / `None` start afresh (the pipeline resolves `True` to the last checkpoint first)."""
+    resume = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
+    return train_timed(
+        trainer_class or GNFTTrainer,
+        model,
+        args,
+        clean,
+        extractor,
+        resume_from_checkpoint=resume,
+        **trainer_kwargs,
+    )[0]
 
 
 def copy_model(model: PreTrainedModel) -> PreTrainedModel:

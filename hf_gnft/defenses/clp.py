@@ -38,15 +38,15 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import DefenseOutcome, copy_model
-from .neurons import (
+from ..neurons import (
     FeedForwardLayer,
-    UnsupportedModelError,
+    feature_encoder_convs,
     feed_forward_layers,
     make_pruning_permanent,
     prune_neurons_,
     select_layers,
 )
+from .base import DefenseOutcome, copy_model
 
 DEFENSE_NAME = "CLP"
 
@@ -115,28 +115,6 @@ def clp_outliers(uclc: torch.Tensor, u: float) -> torch.Tensor:
     return uclc > uclc.mean() + u * uclc.std()
 
 
-def feature_encoder_convs(model: nn.Module) -> list[tuple[str, nn.Conv1d]]:
-    """The `Conv1d` of each layer of the model's convolutional feature encoder (a `conv_layers` list), in order.
-
-    Raises:
-        UnsupportedModelError: the model has none (the message names the model class).
-    """
-    convs = []
-    for name, module in model.named_modules():
-        conv_layers = getattr(module, "conv_layers", None)
-        if isinstance(conv_layers, nn.ModuleList):
-            for position, layer in enumerate(conv_layers):
-                conv = getattr(layer, "conv", None)
-                if isinstance(conv, nn.Conv1d):
-                    convs.append((f"{name}.conv_layers.{position}.conv".lstrip("."), conv))
-    if not convs:
-        raise UnsupportedModelError(
-            f"{DEFENSE_NAME} with clp_include_conv works on a convolutional feature encoder (`conv_layers` of "
-            f"Conv1d, as in Wav2Vec2, HuBERT), and {type(model).__name__} has none"
-        )
-    return convs
-
-
 def _stats(uclc: torch.Tensor, threshold: float | None) -> dict[str, Any]:
     return {
         "uclc_mean": float(uclc.mean()),
@@ -170,7 +148,11 @@ def apply_clp(
     u = float(config.clp_u)
     pruned_model = copy_model(model)
     layers = select_layers(feed_forward_layers(pruned_model, DEFENSE_NAME), config.clp_layers)
-    convs = feature_encoder_convs(pruned_model) if config.clp_include_conv else []
+    convs = (
+        feature_encoder_convs(pruned_model, f"{DEFENSE_NAME} with clp_include_conv")
+        if config.clp_include_conv
+        else []
+    )
 
     layer_info: list[dict[str, Any]] = []
     for layer in layers:

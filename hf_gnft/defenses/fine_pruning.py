@@ -8,7 +8,7 @@ the clean data (the pruned neurons stay removed during fine-tuning).
 
 Adaptation to speech transformers: the paper prunes the channels of the last convolutional layer; here the
 neurons are the intermediate neurons of transformer feed-forward blocks (by default the last layer's, see
-[`hf_gnft.defenses.neurons`]). When several layers are chosen, each step prunes the same fraction of every
+[`hf_gnft.neurons`]). When several layers are chosen, each step prunes the same fraction of every
 chosen layer (activation scales differ between layers, so one global ranking would favour one layer).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +23,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
-from ..training import AudioClassificationCollator, evaluate_backdoor
-from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
-from .gnft_config import DefenseConfig
-from .neurons import (
+from ..neurons import (
     FeedForwardLayer,
     feed_forward_layers,
     make_pruning_permanent,
@@ -35,6 +31,9 @@ from .neurons import (
     prune_neurons_,
     select_layers,
 )
+from ..training import audio_batches, evaluate_backdoor
+from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .gnft_config import DefenseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +108,6 @@ def pruning_schedule(max_ratio: float, step_ratio: float) -> list[float]:
     return [round(min(max_ratio, (step + 1) * step_ratio), 12) for step in range(steps)]
 
 
-def _clean_batches(clean: Dataset, extractor: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    collator = AudioClassificationCollator(extractor)
-    for start in range(0, len(clean), batch_size):
-        rows = clean.select(range(start, min(start + batch_size, len(clean))))
-        yield collator(list(rows))
-
-
 class _SilencedNeurons:
     """Zero the outputs of chosen `intermediate_dense` neurons with forward hooks, for trying a pruning level
     without stacking `torch.nn.utils.prune` masks (same effect: the row and its bias give 0, and the
@@ -174,7 +166,7 @@ def apply_fine_pruning(
     layers = select_layers(feed_forward_layers(pruned_model, DEFENSE_NAME), config.fp_layers)
     batch_size = config.per_device_eval_batch_size
 
-    activations = mean_activations(pruned_model, layers, _clean_batches(clean, extractor, batch_size))
+    activations = mean_activations(pruned_model, layers, audio_batches(clean, extractor, batch_size))
     # stable sort: ties keep index order, so the result is deterministic
     orders = [torch.sort(values, stable=True).indices for values in activations]
 

@@ -62,5 +62,6 @@ def apply_fine_tuning(
         {
             "steps": trainer.state.global_step,
             "final_gn_grad_norm": logged[-1]["gn/grad_norm"] if logged else None,
+            "log_history": trainer.state.log_history,
         },
     )

@@ -71,11 +71,14 @@ class GNFTTrainer(AudioClassificationTrainer):
     FSDP shards parameters while the first pass's local gradients are unsharded.
     """
 
+    # Added to the model (`add_model_tags`), from where `Trainer.push_to_hub` puts them on the model card.
     _tag_names = ["hf-gnft", "gn-ft", "backdoor-defense"]
 
     def __init__(self, model=None, args: TrainingArguments | None = None, *pos, **kwargs) -> None:
         args = as_config(args, GNFTConfig, "gnft-output")
         super().__init__(model, args, *pos, **kwargs)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
         if self.is_deepspeed_enabled:
             raise ValueError(
                 "GNFTTrainer does not support DeepSpeed: the engine steps the optimizer inside backward and "

@@ -39,11 +39,11 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..neurons import UnsupportedModelError, resolve_layer_indices
 from ..trainer_args import as_config
 from ..training import AudioClassificationTrainer
 from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
 from .gnft_config import DefenseConfig
-from .neurons import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +134,6 @@ def encoder_layer_count(model: nn.Module, defense: str = "NAD") -> int:
     return count
 
 
-def resolve_layers(indices: Sequence[int] | None, num_layers: int) -> list[int]:
-    """Encoder layer indices in [0, num_layers): all when `indices` is None, negatives counted from the end."""
-    if indices is None:
-        return list(range(num_layers))
-    resolved = []
-    for index in indices:
-        if not -num_layers <= index < num_layers:
-            raise ValueError(
-                f"layer index {index} is out of range: the model has {num_layers} encoder layers"
-            )
-        resolved.append(index % num_layers)
-    return resolved
-
-
 class NADTrainer(AudioClassificationTrainer):
     """Train the student of NAD: `compute_loss` returns `CE + β · Σ_l AT(student_l, teacher_l)`.
 
@@ -159,6 +145,7 @@ class NADTrainer(AudioClassificationTrainer):
     micro-batches since the last log.
     """
 
+    # Added to the model (`add_model_tags`), from where `Trainer.push_to_hub` puts them on the model card.
     _tag_names = ["hf-gnft", "nad", "backdoor-defense"]
 
     def __init__(
@@ -173,6 +160,8 @@ class NADTrainer(AudioClassificationTrainer):
         if teacher_model is None:
             raise ValueError("NADTrainer needs a teacher_model")
         super().__init__(model, args, *pos, **kwargs)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
         self.teacher_model = teacher_model
         self.teacher_model.requires_grad_(False)
         self.teacher_model.eval()
@@ -180,12 +169,12 @@ class NADTrainer(AudioClassificationTrainer):
         self.nad_layer_indices: list[int] | None = None
         count = getattr(getattr(self.model, "config", None), "num_hidden_layers", None)
         if isinstance(count, int):
-            self.nad_layer_indices = resolve_layers(self.args.nad_layers, count)
+            self.nad_layer_indices = resolve_layer_indices(self.args.nad_layers, count)
 
     def attention_loss(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor]):
         """Σ over the distilled layers of the AT loss (hidden state `l + 1` is the output of layer `l`)."""
         if self.nad_layer_indices is None:
-            self.nad_layer_indices = resolve_layers(self.args.nad_layers, len(student_states) - 1)
+            self.nad_layer_indices = resolve_layer_indices(self.args.nad_layers, len(student_states) - 1)
         return sum(
             attention_transfer_loss(student_states[i + 1], teacher_states[i + 1], self.args.nad_power)
             for i in self.nad_layer_indices
@@ -250,12 +239,16 @@ def apply_nad(
     if not isinstance(config, NADConfig):
         raise TypeError(f"apply_nad needs a NADConfig, got {type(config).__name__}")
     num_layers = encoder_layer_count(model, "NAD")
-    layers = resolve_layers(config.nad_layers, num_layers)
+    layers = resolve_layer_indices(config.nad_layers, num_layers)
 
     teacher = copy_model(model)
     teacher_args = copy.deepcopy(config)
     teacher_args.num_train_epochs = config.nad_teacher_epochs
     teacher_args.max_steps = -1
+    teacher_args.save_strategy, teacher_args.resume_from_checkpoint = (
+        "no",
+        None,
+    )  # checkpoints are the student's
     teacher_trainer = fine_tune(teacher, extractor, clean, teacher_args)
 
     student = copy_model(model)

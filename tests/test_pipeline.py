@@ -1,0 +1,156 @@
+"""One defense pipeline for every method: same outputs, same numbers as the benchmark, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from testing_utils import RECIPE_DATA, RECIPE_FAST
+
+from hf_gnft.defenses import DEFENSE_METHODS
+from hf_gnft.models import SuspectNotFoundError
+from hf_gnft.scripts import defend as defend_recipe
+
+#: The fewest steps each method can take, so that every method runs in seconds.
+FAST_SETTINGS = {
+    "gn-ft": ["--max_steps", "1"],
+    "ft": ["--max_steps", "1"],
+    "ft-sam": ["--max_steps", "1"],
+    "fp": ["--max_steps", "1"],
+    "nad": ["--max_steps", "1", "--nad_teacher_epochs", "1"],
+    "anp": ["--anp_steps", "2"],
+    "clp": [],
+    "tsbd": ["--max_steps", "1", "--tsbd_max_unlearning_steps", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def defended(recipe_suspect, tmp_path_factory) -> dict[str, Path]:
+    """Every registered defense run once through `hf-gnft defend` on the same suspect and clean clips."""
+    root = tmp_path_factory.mktemp("every-defense")
+    outputs = {}
+    for name in DEFENSE_METHODS:
+        out = root / name
+        defend_recipe.main(
+            ["--defense", name, "--model", str(recipe_suspect), "--output_dir", str(out), "--clean_count", "8",
+             *RECIPE_DATA, *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []), *FAST_SETTINGS[name]]
+        )  # fmt: skip
+        outputs[name] = out
+    return outputs
+
+
+def test_every_registered_defense_has_fast_test_settings():
+    assert set(FAST_SETTINGS) == set(DEFENSE_METHODS)
+
+
+def test_every_defense_writes_the_same_files_and_record_keys(defended):
+    files = {name: sorted(p.name for p in out.iterdir()) for name, out in defended.items()}
+    reference = files["gn-ft"]
+    assert {"model.safetensors", "config.json", "README.md", "defense_metrics.json", "defense_table.md",
+            "attack_spec.json"} <= set(reference)  # fmt: skip
+    assert all(listing == reference for listing in files.values()), files
+    records = {name: json.loads((out / "defense_metrics.json").read_text()) for name, out in defended.items()}
+    keys = {name: sorted(record) for name, record in records.items()}
+    assert all(k == keys["gn-ft"] for k in keys.values()), keys
+    for name, record in records.items():
+        assert record["defense"] == name and record["paper"] == DEFENSE_METHODS[name].paper
+        assert record["after"]["attack_success_rate"] is not None and record["der"] is not None
+        assert record["knob"]["name"] == DEFENSE_METHODS[name].knob
+        assert record["knob"]["value"] == record["settings"][DEFENSE_METHODS[name].knob]
+        assert "output_dir" not in record["settings"] and "hub_token" not in record["settings"]
+
+
+def test_training_settings_reach_the_record(defended):
+    record = json.loads((defended["ft-sam"] / "defense_metrics.json").read_text())
+    settings = record["settings"]
+    assert settings["gn_adaptive"] is True and settings["label_smoothing_factor"] == 0.1
+    assert settings["max_steps"] == 1 and settings["gradient_accumulation_steps"] == 1
+    assert record["optim"]["label_smoothing_factor"] == 0.1 and record["gn"]["gn_alpha"] == 1.0
+
+
+def test_every_card_names_its_method_with_the_same_sections(defended):
+    sections = {}
+    for name, out in defended.items():
+        card = (out / "README.md").read_text()
+        method = DEFENSE_METHODS[name]
+        assert f"--defense {name}" in card and method.title in card
+        if method.paper_url:
+            assert f"({method.paper_url})" in card
+        assert "github.com" not in card  # only links that exist
+        sections[name] = [line for line in card.splitlines() if line.startswith("## ")]
+    assert all(s == sections["gn-ft"] for s in sections.values()), sections
+
+
+def test_unknown_defense_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown defense 'magic'; known: .*gn-ft.*tsbd"):
+        defend_recipe.main(["--defense", "magic", "--output_dir", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize(
+    "argv, owner",
+    [
+        (["--anp_threshold", "0.2"], "anp"),
+        (["--defense", "ft", "--tsbd_neuron_ratio", "0.1"], "tsbd"),
+        (["--defense", "clp", "--learning_rate", "0.1"], "learning_rate' is not a setting|is a setting of"),
+    ],
+)
+def test_a_setting_of_another_defense_names_the_defense_it_belongs_to(tmp_path, argv, owner):
+    with pytest.raises(ValueError, match=owner):
+        defend_recipe.parse_args(["--output_dir", str(tmp_path / "x"), *argv])
+
+
+def test_a_knob_of_another_defense_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="belongs to anp"):
+        defend_recipe.parse_args(["--output_dir", str(tmp_path / "x"), "--knob", "anp_threshold",
+                                  "--knob_grid", "0.1", "0.2"])  # fmt: skip
+
+
+def test_a_config_file_key_of_another_defense_is_refused(tmp_path):
+    path = tmp_path / "defend.yaml"
+    path.write_text("defense: gn-ft\nclp_u: 3\n")
+    with pytest.raises(ValueError, match="clp_u is a setting of clp"):
+        defend_recipe.parse_args([str(path)])
+
+
+def test_each_defense_takes_its_own_flags():
+    *_, config, output = defend_recipe.parse_args(["--defense", "clp", "--clp_u", "2.5", "--output_dir", "x"])
+    assert config.clp_u == 2.5 and output.output_dir == "x"
+    *_, config, output = defend_recipe.parse_args(["--defense", "nad", "--nad_teacher_epochs", "3"])
+    assert (
+        config.nad_teacher_epochs == 3 and output is None
+    )  # a training config carries its own output fields
+
+
+@pytest.mark.parametrize("model", ["outputs/atack", "./no/such/folder", "/definitely/not/here"])
+def test_a_suspect_that_does_not_exist_says_so(tmp_path, model):
+    with pytest.raises(SuspectNotFoundError, match="does not exist|neither a local folder"):
+        defend_recipe.main(["--model", model, "--output_dir", str(tmp_path / "x"), *RECIPE_DATA])
+    assert not (tmp_path / "x").exists()
+
+
+def test_benchmark_cell_and_defend_give_the_same_numbers(recipe_suspect, tmp_path):
+    from hf_gnft.benchmark import Benchmark, BenchmarkConfig
+
+    data = {"synthetic_train_size": 160, "synthetic_validation_size": 40, "synthetic_test_size": 40}
+    suspects = tmp_path / "suspects"
+    shutil.copytree(recipe_suspect, suspects / "tiny-wav2vec2-noise_burst")
+    config = BenchmarkConfig(
+        output_dir=str(tmp_path / "bench"), suspects_dir=str(suspects), models=["tiny-wav2vec2"],
+        triggers=["noise_burst"], seeds=[1], data=data, clean_fraction=0.05,
+        defenses={"gn-ft": {"grid": [0.05], "settings": {"max_steps": 2, "per_device_train_batch_size": 4}}},
+        reference="gn-ft",
+    )  # fmt: skip
+    row = Benchmark(config).run_cell("tiny-wav2vec2", "noise_burst", "gn-ft", 0.05, 1)
+    record = defend_recipe.main(
+        ["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "defended"), "--clean_fraction", "0.05",
+         "--clean_seed", "1", "--seed", "1", "--learning_rate", "0.05", "--max_steps", "2",
+         "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
+         *[f"--{key}={value}" for key, value in data.items()]]
+    )  # fmt: skip
+    assert record["clean_rows"] == row["clean_rows"]
+    for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+        assert record["after"][key] == row["after"][key], key
+    assert record["validation_accuracy"]["after"] == row["validation_accuracy"]["after"]
+    assert record["der"] == pytest.approx(row["der"])
