@@ -65,6 +65,7 @@ from .pipeline import (
     validation_drop,
 )
 from .poison import AttackSpec, PoisonError, make_triggered_eval_set, poison_dataset, select_poison_indices
+from .retuning import RetuningConfig, RetuningError, RetuningResult, retuning_attack
 from .trainer_args import KeywordTrainingArguments
 from .training import (
     AudioClassificationCollator,
@@ -124,6 +125,9 @@ __all__ = [
     "OutputExistsError",
     "PBSM",
     "PoisonError",
+    "RetuningConfig",
+    "RetuningError",
+    "RetuningResult",
     "ScanCalibration",
     "ScanResult",
     "StyleTrigger",
@@ -167,6 +171,7 @@ __all__ = [
     "reference_triggers",
     "register_trigger",
     "resample",
+    "retuning_attack",
     "robust_accuracy",
     "run_analysis",
     "run_attack",

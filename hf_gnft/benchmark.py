@@ -39,6 +39,7 @@ from .models import load_suspect_model
 from .outputs import atomic_write_text, machine_description
 from .pipeline import apply_method, choose_strongest, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
+from .retuning import RetuningConfig, retuning_attack
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor
 from .triggers import trigger_from_config
@@ -46,6 +47,7 @@ from .triggers import trigger_from_config
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
+RETUNED_FILE = "retuned.json"
 BEFORE_FILE = "before.json"
 
 
@@ -107,6 +109,10 @@ class BenchmarkConfig:
         attack_training: other `KeywordTrainingArguments` fields of that training (e.g. a learning rate for a
             pretrained model).
         suspects_dir: where backdoored models are cached (default `output_dir/suspects`).
+        retuning: run the retuning check (`hf_gnft.retuning_attack`: 5 triggered clips with the true trigger and
+            target mixed into the cell's clean subset) on every defended model and on the suspect, and report the
+            ASR after it ("post-retuning ASR"). Evaluation only; the knob's choice never sees it.
+        retuning_settings: `RetuningConfig` fields other than the seed (the cell's seed is used).
     """
 
     output_dir: str = "outputs/benchmark"
@@ -122,6 +128,8 @@ class BenchmarkConfig:
     attack_epochs: float = 15.0
     attack_training: dict[str, Any] = field(default_factory=dict)
     suspects_dir: str | None = None
+    retuning: bool = False
+    retuning_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.defenses:
@@ -330,6 +338,26 @@ class Benchmark:
         atomic_write_text(path, json.dumps(record, indent=2))
         return record
 
+    def retuned(self, model, extractor, suspect: Path, clean, seed: int) -> dict:
+        """CA / ASR / RA of `model` after the retuning check on the cell's clean subset (seeded by the cell)."""
+        spec, triggered = self.triggered(suspect)
+        config = RetuningConfig(**{**self.config.retuning_settings, "seed": seed})
+        result = retuning_attack(model, extractor, clean, spec.build_trigger(), spec.target_label,
+                                 self.dataset[self.data_args.test_split], triggered, config)  # fmt: skip
+        return result.metrics.to_dict()
+
+    def retuned_suspect(self, suspect: Path, clean, seed: int) -> dict:
+        """The retuning check on the suspect itself for a cell's clean subset, measured once and cached."""
+        path = suspect / RETUNED_FILE
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        key = json.dumps({"clean_fraction": self.config.clean_fraction, "seed": seed,
+                          **self.config.retuning_settings}, sort_keys=True)  # fmt: skip
+        if key not in cached:
+            model, extractor = load_suspect_model(str(suspect))
+            cached[key] = self.retuned(model, extractor, suspect, clean, seed)
+            atomic_write_text(path, json.dumps(cached, indent=2))
+        return cached[key]
+
     def _validation_accuracy(self, model, extractor) -> float:
         if "validation" not in self.dataset:
             raise BenchmarkConfigError("the benchmark's protocol needs a clean validation split")
@@ -365,6 +393,12 @@ class Benchmark:
         before_metrics = BackdoorMetrics(**{k: before[k] for k in ("clean_accuracy", "attack_success_rate",
                                                                    "robust_accuracy", "num_clean", "num_triggered")})  # fmt: skip
         settings.pop("output_dir", None)
+        retuned = None
+        if self.config.retuning:
+            retuned = {
+                "before": self.retuned_suspect(suspect, clean, seed),
+                "after": self.retuned(outcome.model, extractor, suspect, clean, seed),
+            }
         return {
             "model": model_name,
             "trigger": trigger_name(trigger),
@@ -384,7 +418,10 @@ class Benchmark:
             "peak_mib": peak["mib"],
             "settings": settings,
             "clean_rows": len(clean),
-            "info": outcome.info,
+            "retuned": retuned,
+            "info": {
+                key: value for key, value in outcome.info.items() if not key.endswith(("log_history", "_log"))
+            },
         }
 
     def run(self, limit: int | None = None) -> list[dict]:
@@ -422,6 +459,14 @@ def _pct(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _retuned_asr(runs: list[dict], which: str) -> str:
+    """Mean ± std ASR after the retuning check ("before": of the suspect, "after": of the defended model)."""
+    values = [r["retuned"][which]["attack_success_rate"] for r in runs if r.get("retuned")]
+    if which == "before":  # the suspect's, once per clean subset
+        values = list({r["seed"]: r["retuned"]["before"]["attack_success_rate"] for r in runs}.values())
+    return _pct(values) if values else ""
 
 
 def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple[float, list[dict]]]:
@@ -463,23 +508,29 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     lines = [
         f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
         f"{100 * config.max_validation_drop:g} pp); CA / ASR / RA in %, mean ± std over seeds; time and memory "
-        f"relative to the mean of all {config.reference!r} runs on the same suspect. '—': no value qualified.",
+        f"relative to the mean of all {config.reference!r} runs on the same suspect. '—': no value qualified. ASR after "
+        f"retuning: after fine-tuning on 5 triggered clips mixed into the clean subset (Min et al., NeurIPS 2024), "
+        f"when the grid runs the check; the backdoored row shows the suspect's.",
         "",
-        "| model | attack | defense | knob | CA | ASR | RA | DER | time × | memory × |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | attack | defense | knob | CA | ASR | RA | DER | ASR after retuning | time × | memory × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     suspects = sorted({(r["model"], r["trigger"]) for r in rows})
     for model, trigger in suspects:
         before = next(r["before"] for r in rows if (r["model"], r["trigger"]) == (model, trigger))
+        suspect_rows = [
+            r for r in rows if (r["model"], r["trigger"]) == (model, trigger) and r.get("retuned")
+        ]
         lines.append(
             f"| {model} | {trigger} | backdoored | | {100 * before['clean_accuracy']:.1f} "
-            f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | | | |"
+            f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | "
+            f"| {_retuned_asr(suspect_rows, 'before')} | | |"
         )
         for defense in config.defenses:
             key = (model, trigger, defense)
             if key not in chosen:
                 if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
-                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | |")
+                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | |")
                 continue
             value, runs = chosen[key]
             seconds = statistics.mean(r["seconds"] for r in runs)
@@ -492,7 +543,8 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
                 f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
                 f"| {_pct([r['after']['robust_accuracy'] for r in runs])} "
-                f"| {statistics.mean(r['der'] for r in runs):.3f} | {time_ratio} | {memory_ratio} |"
+                f"| {statistics.mean(r['der'] for r in runs):.3f} | {_retuned_asr(runs, 'after')} "
+                f"| {time_ratio} | {memory_ratio} |"
             )
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ from .outputs import (
     staged_output_dir,
 )
 from .poison import AttackSpec, make_triggered_eval_set
+from .retuning import RetuningConfig, retuning_attack
 from .trainer_args import is_main_process
 from .training import evaluate_backdoor
 from .triggers import Trigger
@@ -163,6 +164,9 @@ class DefenseArguments:
         max_validation_drop: the largest acceptable drop of clean validation accuracy (0.02 = 2 points).
         keep_candidates: keep every candidate in `OUTPUT_DIR.candidates/` (by default removed once the chosen
             one is published; always kept when none qualifies).
+        retuning_check: when the attack is known, run `hf_gnft.retuning_attack` (5 triggered clips, the true
+            trigger and target) on the suspect and on the defended model and record both ASRs. Evaluation only:
+            it never influences the defense or the knob's choice.
     """
 
     defense: str = field(
@@ -184,6 +188,13 @@ class DefenseArguments:
     )
     keep_candidates: bool = field(
         default=False, metadata={"help": "Keep every candidate of a knob search in OUTPUT_DIR.candidates/."}
+    )
+    retuning_check: bool = field(
+        default=True,
+        metadata={
+            "help": "When the attack is known: fine-tune the suspect and the defended model on 5 triggered clips "
+            "mixed with the clean ones and record the ASR after it (does the backdoor come back?)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -415,6 +426,7 @@ def run_defense(
     defense: str | None = None,
     output: OutputArguments | None = None,
     trigger: Trigger | None = None,
+    retuning: RetuningConfig | None = None,
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -428,6 +440,8 @@ def run_defense(
         trigger: the attack's trigger object, to measure ASR with instead of rebuilding it from the attack spec
             (a `CallableTrigger` of your own: a spec never imports a function, since it comes with the untrusted
             suspect).
+        retuning: settings of the retuning check, run on the suspect and on the defended model when the attack
+            is known (`None`: no check).
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -472,10 +486,9 @@ def run_defense(
     clean = clean_args.select(dataset[clean_args.clean_split])
     test = dataset[clean_args.eval_split]
     _check_labels(model, test)
+    triggered_with = (trigger or spec.build_trigger()) if spec else None
     triggered = (
-        make_triggered_eval_set(
-            test, trigger or spec.build_trigger(), spec.target_label, num_proc=data_args.num_proc
-        )
+        make_triggered_eval_set(test, triggered_with, spec.target_label, num_proc=data_args.num_proc)
         if spec
         else None
     )
@@ -507,6 +520,15 @@ def run_defense(
         validation_after = (
             evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
         )
+        retuned = None
+        if retuning is not None and spec is not None:
+            retuned = {
+                "before": retuning_attack(model, extractor, clean, triggered_with, target, test, triggered,
+                                          retuning).metrics.to_dict(),
+                "after": retuning_attack(defended, extractor, clean, triggered_with, target, test, triggered,
+                                         retuning).metrics.to_dict(),
+                "settings": retuning.to_dict(),
+            }  # fmt: skip
         info = dict(outcome.info)
         log_history = info.pop("log_history", [])
         settings = config_settings(config)
@@ -533,6 +555,7 @@ def run_defense(
             "optim": {key: settings[key] for key in OPTIMIZER_KEYS if key in settings}
             if method.trains
             else {},
+            "retuning": retuned,
             "info": info,
             "log_history": log_history,
             "machine": machine_description(),
@@ -657,7 +680,8 @@ def search_knob(
             candidate.resume_from_checkpoint = resumable if config.resume_from_checkpoint else None
         logger.info("Knob search: running %s with %s=%g", method.name, knob, value)
         results[value] = run_defense(data_args, clean_args, model_args, candidate, defense=method.name,
-                                     output=candidate_output)  # fmt: skip
+                                     output=candidate_output,
+                                     retuning=RetuningConfig() if search.retuning_check else None)  # fmt: skip
     drops = {value: validation_drop(result.record) for value, result in results.items()}
     chosen = choose_strongest(
         {value: [drop] for value, drop in drops.items()},
@@ -712,4 +736,5 @@ def defend(
     defense_args = defense_args or DefenseArguments(defense=method_for_config(config).name)
     if defense_args.knob_grid:
         return search_knob(data_args, clean_args, model_args, config, defense_args, output)
-    return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output)
+    return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output,
+                       retuning=RetuningConfig() if defense_args.retuning_check else None)  # fmt: skip

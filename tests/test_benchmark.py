@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells
+from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells, summarise
 from hf_gnft.data.arguments import CleanDataError
 from hf_gnft.scripts import benchmark as benchmark_recipe
 
@@ -154,3 +154,22 @@ def test_shipped_anp_variants_grid_parses():
         and entry.settings["anp_neurons"] == "conv"
         and entry.knob_name == "anp_prune_number"
     )
+
+
+def test_retuning_column_reports_the_asr_after_the_retuning_check(tmp_path):
+    config = BenchmarkConfig(**grid(tmp_path, seeds=[0], retuning=True,
+                                    defenses={"ft": {"grid": [0.05], "settings": {"max_steps": 2}}}))  # fmt: skip
+    rows = Benchmark(config).run()
+    retuned = rows[0]["retuned"]
+    assert set(retuned) == {"before", "after"}
+    assert (
+        0 <= retuned["before"]["attack_success_rate"] <= 1
+        and 0 <= retuned["after"]["attack_success_rate"] <= 1
+    )
+    suspect = tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst"
+    assert (
+        len(json.loads((suspect / "retuned.json").read_text())) == 1
+    )  # the suspect's, cached per clean subset
+    table = summarise(rows, config)
+    assert "ASR after retuning" in table
+    assert f"{100 * retuned['after']['attack_success_rate']:.1f} |" in table.splitlines()[-1]

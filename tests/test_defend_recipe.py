@@ -209,7 +209,7 @@ def fake_defense(monkeypatch, tmp_path):
 
     drops = Drops()
 
-    def run(data_args, clean_args, model_args, config, defense=None, output=None):
+    def run(data_args, clean_args, model_args, config, defense=None, output=None, **_):
         drops.runs.append(config.learning_rate)
         out = Path(output.output_dir)
         if out.exists():

@@ -60,6 +60,12 @@ def test_every_defense_writes_the_same_files_and_record_keys(defended):
         assert record["knob"]["name"] == DEFENSE_METHODS[name].knob
         assert record["knob"]["value"] == record["settings"][DEFENSE_METHODS[name].knob]
         assert "output_dir" not in record["settings"] and "hub_token" not in record["settings"]
+        retuning = record["retuning"]  # on by default when the attack is known
+        assert retuning["settings"]["num_triggered"] == 5
+        assert (
+            0 <= retuning["before"]["attack_success_rate"] <= 1
+            and 0 <= retuning["after"]["attack_success_rate"] <= 1
+        )
 
 
 def test_training_settings_reach_the_record(defended):
@@ -79,6 +85,7 @@ def test_every_card_names_its_method_with_the_same_sections(defended):
         if method.paper_url:
             assert f"({method.paper_url})" in card
         assert "github.com" not in card  # only links that exist
+        assert "Retuning check" in card
         sections[name] = [line for line in card.splitlines() if line.startswith("## ")]
     assert all(s == sections["gn-ft"] for s in sections.values()), sections
 
@@ -154,3 +161,12 @@ def test_benchmark_cell_and_defend_give_the_same_numbers(recipe_suspect, tmp_pat
         assert record["after"][key] == row["after"][key], key
     assert record["validation_accuracy"]["after"] == row["validation_accuracy"]["after"]
     assert record["der"] == pytest.approx(row["der"])
+
+
+def test_retuning_check_can_be_switched_off(recipe_suspect, tmp_path):
+    record = defend_recipe.main(
+        ["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "x"), "--clean_count", "8", "--max_steps",
+         "1", "--retuning_check", "false", *RECIPE_DATA, *RECIPE_FAST]
+    )  # fmt: skip
+    assert record["retuning"] is None
+    assert "Retuning check" not in (tmp_path / "x" / "README.md").read_text()

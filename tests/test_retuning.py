@@ -90,6 +90,7 @@ def tiny(sines):
             "needs 5 clean clips whose label is not the target 0, but the clean set has 3",
         ),
         ("too_many_clean", "num_clean=100"),
+        ("other_label_space", "differ from the clean data's"),
         ("zero_triggered_set_later", "num_triggered must be >= 1"),
     ],
 )
@@ -109,6 +110,8 @@ def test_bad_inputs_raise_before_training(tiny, never_trains, case, message):
         clean = sines.select(np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)[:3]]))
     elif case == "too_many_clean":
         config = RetuningConfig(num_clean=100)
+    elif case == "other_label_space":
+        model.config.id2label = dict(enumerate(reversed(sines.features["label"].names)))
     elif case == "zero_triggered_set_later":
         config.num_triggered = 0
     with pytest.raises(RetuningError, match=message):
@@ -141,23 +144,5 @@ def test_clean_model_does_not_learn_the_backdoor_the_backdoored_one_keeps(plante
         kit.clean_model, kit.extractor, kit.clean, kit.trigger, kit.target, kit.test, kit.triggered
     )
     assert backdoored.metrics.attack_success_rate >= 0.9
-    assert clean.metrics.attack_success_rate <= 0.34  # at most one of the 3 other classes
+    assert clean.metrics.attack_success_rate <= 0.1  # lr 0.05 (5x the default) gave 0.33 / 0.33 / 0.67
     assert clean.metrics.clean_accuracy >= 0.9
-
-
-def test_a_backdoor_hidden_by_fine_tuning_comes_back(backdoored, tmp_path):
-    # Superficial safety, measured on this fixture (retuning seeds 0, 1, 2): plain FT at lr 0.05 takes the ASR
-    # from 0.95 to 0.04; retuning brings it back to 0.69 / 0.51 / 0.52. A clean twin of the fixture (same data
-    # unpoisoned, not built here: 30 s) went from 0.12 to 0.11 / 0.03 / 0.04.
-    from hf_gnft.defenses.fine_tuning import FTConfig, apply_fine_tuning
-    from hf_gnft.poison import AttackSpec
-    from hf_gnft.training import evaluate_backdoor
-
-    kit = backdoored
-    config = FTConfig(output_dir=str(tmp_path / "ft"), learning_rate=0.05, seed=0, disable_tqdm=True)
-    defended = apply_fine_tuning(kit.model, kit.extractor, kit.clean, config).model
-    before = evaluate_backdoor(defended, kit.extractor, kit.test, kit.triggered, kit.target)
-    trigger = AttackSpec.from_json(str(kit.model_dir / "attack_spec.json")).build_trigger()
-    after = retuning_attack(defended, kit.extractor, kit.clean, trigger, kit.target, kit.test, kit.triggered)
-    assert before.attack_success_rate <= 0.15
-    assert after.metrics.attack_success_rate >= before.attack_success_rate + 0.3
