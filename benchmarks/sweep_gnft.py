@@ -28,7 +28,7 @@ import torch
 from hf_gnft.attack import METRICS_FILE, AttackArguments, ModelArguments, run_attack
 from hf_gnft.benchmark import decorate_ca_asr_axis
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
-from hf_gnft.defenses.gnft_config import DefenseConfig
+from hf_gnft.defenses import DefenseConfig, FTConfig
 from hf_gnft.pipeline import SuspectModelArguments, choose_learning_rate, run_defense, validation_drop
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import NoiseBurst, Tone
@@ -77,7 +77,7 @@ def run_cell(output_dir: Path, model_dir: Path, defense: str, lr: float, seed: i
         DataArguments(),
         CleanDataArguments(clean_seed=seed),
         SuspectModelArguments(model=str(model_dir)),
-        DefenseConfig(
+        (FTConfig if DEFENSES[defense][0].get("gn_alpha") == 0 else DefenseConfig)(  # α = 0: the `ft` defense
             output_dir=str(
                 output_dir / "cleaned" / f"{model_dir.name}-{defense.replace(' ', '_')}-{lr}-{seed}"
             ),

@@ -30,7 +30,23 @@ from .data import (
     speech_commands,
 )
 from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
-from .defenses import DEFENSE_METHODS, DefenseConfig, DefenseOutcome, GNFTConfig, GNFTTrainer, get_defense
+from .defenses import (
+    DEFENSE_METHODS,
+    ANPConfig,
+    CLPConfig,
+    DefenseConfig,
+    DefenseMethod,
+    DefenseOutcome,
+    FinePruningConfig,
+    FTConfig,
+    FTSAMConfig,
+    GNFTConfig,
+    GNFTTrainer,
+    NADConfig,
+    TSBDConfig,
+    UnsupportedModelError,
+    get_defense,
+)
 from .hub import HubPushError, build_model_card, hub_files, push_output_dir, write_model_card
 from .metrics import (
     BackdoorMetrics,
@@ -45,6 +61,7 @@ from .metrics import (
 from .models import (
     TINY_MODELS,
     CheckpointProvenance,
+    SuspectNotFoundError,
     UntrustedCheckpointError,
     build_model,
     inspect_checkpoint,
@@ -91,6 +108,7 @@ from .triggers import (
 from .version import __version__
 
 __all__ = [
+    "ANPConfig",
     "AnalysisArguments",
     "AttackArguments",
     "AttackResult",
@@ -101,6 +119,7 @@ __all__ = [
     "BackdoorMetrics",
     "Benchmark",
     "BenchmarkConfig",
+    "CLPConfig",
     "CallableTrigger",
     "CheckpointProvenance",
     "CleanDataArguments",
@@ -111,14 +130,19 @@ __all__ = [
     "DatasetFormatError",
     "DefenseArguments",
     "DefenseConfig",
+    "DefenseMethod",
     "DefenseOutcome",
     "DefenseResult",
+    "FTConfig",
+    "FTSAMConfig",
+    "FinePruningConfig",
     "GNFTConfig",
     "GNFTTrainer",
     "HubPushError",
     "KEYWORDS",
     "KeywordTrainingArguments",
     "ModelArguments",
+    "NADConfig",
     "NeuronCategories",
     "NoiseBurst",
     "OutputArguments",
@@ -132,12 +156,15 @@ __all__ = [
     "ScanResult",
     "StyleTrigger",
     "SuspectModelArguments",
+    "SuspectNotFoundError",
     "SyntheticKeywordsConfig",
     "TINY_MODELS",
     "TRIGGERS",
+    "TSBDConfig",
     "Tone",
     "Trigger",
     "TriggerError",
+    "UnsupportedModelError",
     "UntrustedCheckpointError",
     "apply_method",
     "attack_success_rate",

@@ -87,7 +87,7 @@ class DefenseEntry:
     def stronger_when_larger(self) -> bool:
         if self.larger_is_stronger is not None:
             return self.larger_is_stronger
-        return self.defense.larger_is_stronger if self.knob_name == self.defense.knob else True
+        return self.defense.stronger_when_larger(self.knob_name)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class BenchmarkConfig:
 
     Args:
         output_dir: where suspects, results, tables and plots go.
-        models: model names for `recipes/attack.py` (tiny configs or checkpoints).
+        models: model names for `hf-gnft attack --model` (tiny configs or checkpoints).
         triggers: built-in trigger names, or trigger specs (mappings with `type`).
         defenses: name -> `DefenseEntry` fields (`method`, `settings`, `grid`).
         seeds: defense seeds (clean subset and training order); data-free defenses run the first only.
@@ -112,7 +112,8 @@ class BenchmarkConfig:
         retuning: run the retuning check (`hf_gnft.retuning_attack`: 5 triggered clips with the true trigger and
             target mixed into the cell's clean subset) on every defended model and on the suspect, and report the
             ASR after it ("post-retuning ASR"). Evaluation only; the knob's choice never sees it.
-        retuning_settings: `RetuningConfig` fields other than the seed (the cell's seed is used).
+        retuning_settings: `RetuningConfig` fields other than the seed (the cell's seed is used). Cells finished
+            before `retuning` was switched on are not run again; the column then averages the cells that have it.
     """
 
     output_dir: str = "outputs/benchmark"
@@ -186,14 +187,6 @@ class BenchmarkConfig:
         if unknown:
             raise BenchmarkConfigError(f"{path}: unknown keys {', '.join(unknown)}")
         return cls(**values)
-
-
-def _typed(config_class: type, name: str, value: float) -> float | int:
-    """A grid value as its config field wants it: an integer field (e.g. a number of neurons) gets an int."""
-    annotation = str(next(f.type for f in fields(config_class) if f.name == name))
-    if "int" in annotation and "float" not in annotation and float(value).is_integer():
-        return int(value)
-    return value
 
 
 def trigger_name(trigger: Any) -> str:
@@ -375,7 +368,7 @@ class Benchmark:
         clean = CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
             self.dataset[self.data_args.train_split]
         )
-        settings = {**entry.settings, entry.knob_name: _typed(method.config_class, entry.knob_name, value)}
+        settings = {**entry.settings, entry.knob_name: method.typed_value(entry.knob_name, value)}
         config_fields = {f.name for f in fields(method.config_class)}
         for seed_field in ("seed", "anp_seed"):
             if seed_field in config_fields:

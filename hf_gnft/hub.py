@@ -140,7 +140,7 @@ def build_model_card(record: dict[str, Any], model_name: str) -> ModelCard:
         datasets=[dataset_id] if dataset_id else None,
         library_name="transformers",
         pipeline_tag="audio-classification",
-        tags=list(CARD_TAGS),
+        tags=[*CARD_TAGS, *([record["defense"]] if record.get("defense") else [])],
         eval_results=results,
     )
     return ModelCard.from_template(

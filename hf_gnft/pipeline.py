@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -45,10 +46,10 @@ from .outputs import (
     staged_output_dir,
 )
 from .poison import AttackSpec, make_triggered_eval_set
-from .retuning import RetuningConfig, retuning_attack
+from .retuning import RetuningConfig, retuning_attack, select_retuning_rows
 from .trainer_args import is_main_process
 from .training import evaluate_backdoor
-from .triggers import Trigger
+from .triggers import Trigger, TriggerError
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ class DefenseArguments:
     """Which defense runs, and how its knob is chosen.
 
     Args:
-        defense: the method (a key of `hf_gnft.DEFENSE_METHODS`). Its own settings are flags too (`hf-gnft
-            defend --defense nad --help` lists them).
+        defense: the method (a key of `hf_gnft.DEFENSE_METHODS`; default: the method whose config class the
+            config is, `gn-ft` on the command line). Its own settings are flags too (`hf-gnft defend --defense nad
+            --help` lists them).
         knob: the setting `knob_grid` tunes (default: the method's knob, e.g. `learning_rate` for the
             fine-tuning defenses, `tsbd_neuron_ratio` for TSBD).
         knob_grid: candidate values of the knob. One defense runs per value and the strongest whose clean
@@ -169,8 +171,8 @@ class DefenseArguments:
             it never influences the defense or the knob's choice.
     """
 
-    defense: str = field(
-        default="gn-ft", metadata={"help": f"The defense: one of {', '.join(DEFENSE_METHODS)}."}
+    defense: str | None = field(
+        default=None, metadata={"help": f"The defense (default gn-ft): one of {', '.join(DEFENSE_METHODS)}."}
     )
     knob: str | None = field(
         default=None, metadata={"help": "The setting --knob_grid tunes (default: the defense's own knob)."}
@@ -198,7 +200,9 @@ class DefenseArguments:
     )
 
     def __post_init__(self) -> None:
-        method = get_defense(self.defense)  # an unknown name lists the known ones
+        method = (
+            get_defense(self.defense) if self.defense is not None else None
+        )  # unknown: lists the known ones
         if self.learning_rate_grid is not None:
             if self.knob_grid is not None:
                 raise ValueError("pass either --learning_rate_grid or --knob_grid, not both")
@@ -206,20 +210,33 @@ class DefenseArguments:
                 raise ValueError(f"--learning_rate_grid tunes learning_rate, but --knob is {self.knob!r}")
             self.knob, self.knob_grid = "learning_rate", list(self.learning_rate_grid)
             self.learning_rate_grid = None
-        if self.knob is not None:
+        if self.knob is not None and method is not None:
             check_setting(method, self.knob, "--knob")
         if self.knob_grid is not None:
             if not self.knob_grid or not all(
                 isinstance(v, int | float) and math.isfinite(v) for v in self.knob_grid
             ):
                 raise ValueError(f"knob_grid must hold finite numbers, got {self.knob_grid}")
-            if self.knob_name == "learning_rate" and not all(v > 0 for v in self.knob_grid):
+            if self.knob == "learning_rate" and not all(v > 0 for v in self.knob_grid):
                 raise ValueError(f"learning rates must be positive, got {self.knob_grid}")
         if not 0 <= self.max_validation_drop <= 1:
             raise ValueError(f"max_validation_drop must be in [0, 1], got {self.max_validation_drop}")
 
+    def for_config(self, config: Any) -> DefenseArguments:
+        """These arguments with `defense` resolved (the method whose config class `config` is, when unset) and
+        `config` checked to be that method's config."""
+        resolved = (
+            self
+            if self.defense is not None
+            else dataclasses.replace(self, defense=method_for_config(config).name)
+        )
+        check_config(resolved.method, config)
+        return resolved
+
     @property
     def method(self) -> DefenseMethod:
+        if self.defense is None:
+            raise ValueError("no defense named: pass defense=NAME or resolve it with for_config(config)")
         return get_defense(self.defense)
 
     @property
@@ -229,7 +246,7 @@ class DefenseArguments:
     @property
     def larger_is_stronger(self) -> bool:
         """The knob's direction: the method's for its own knob; a larger value otherwise (a learning rate)."""
-        return self.method.larger_is_stronger if self.knob_name == self.method.knob else True
+        return self.method.stronger_when_larger(self.knob_name)
 
 
 @dataclass
@@ -294,6 +311,30 @@ def check_setting(method: DefenseMethod, setting: str, what: str = "setting") ->
     owners = owners_of(setting)
     where = f"it belongs to {', '.join(owners)}" if owners else "no defense has it"
     raise ValueError(f"{what} {setting!r} is not a setting of the {method.name!r} defense ({where})")
+
+
+def check_config(method: DefenseMethod, config: Any) -> None:
+    """`config` configures `method`: an instance of its config class and not of another method's more specific
+    one (a `TSBDConfig` is a `DefenseConfig`, but it configures TSBD, not GN-FT); GN-FT with `gn_alpha = 0` is
+    plain fine-tuning and must say so (`ft`)."""
+    if not isinstance(config, method.config_class):
+        raise ValueError(
+            f"the {method.name!r} defense takes a {method.config_class.__name__}, got {type(config).__name__}"
+        )
+    for other in DEFENSE_METHODS.values():
+        if (
+            other is not method
+            and isinstance(config, other.config_class)
+            and issubclass(other.config_class, method.config_class)
+        ):
+            raise ValueError(
+                f"a {type(config).__name__} configures the {other.name!r} defense, not {method.name!r}: pass "
+                f"defense={other.name!r} (or --defense {other.name})"
+            )
+    if method.name == "gn-ft" and getattr(config, "gn_alpha", None) == 0:
+        raise ValueError(
+            "GN-FT with gn_alpha = 0 is plain fine-tuning: run the 'ft' defense (--defense ft) instead"
+        )
 
 
 def method_for_config(config: Any) -> DefenseMethod:
@@ -375,6 +416,13 @@ def shareable_data_args(data_args: DataArguments) -> dict[str, Any]:
     return redact_local(values)
 
 
+def data_fingerprint(*splits: Dataset | None) -> str:
+    """One hash of the `datasets` fingerprints of the clean subset and the evaluation splits: which data a record
+    was measured on, with no path in it (two local datasets in folders of the same name differ here)."""
+    parts = [getattr(split, "_fingerprint", None) if split is not None else None for split in splits]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
 def config_seed(config: Any) -> int:
     """The seed a defense config runs with (`seed` of a training config, `anp_seed`, ...; 0 if none)."""
     for name in ("seed", "anp_seed"):
@@ -426,7 +474,9 @@ def run_defense(
     defense: str | None = None,
     output: OutputArguments | None = None,
     trigger: Trigger | None = None,
-    retuning: RetuningConfig | None = None,
+    retuning: RetuningConfig | None | str = "default",
+    knob: str | None = None,
+    require_validation: bool = False,
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -441,7 +491,10 @@ def run_defense(
             (a `CallableTrigger` of your own: a spec never imports a function, since it comes with the untrusted
             suspect).
         retuning: settings of the retuning check, run on the suspect and on the defended model when the attack
-            is known (`None`: no check).
+            is known: `RetuningConfig()` seeded with the clean subset's seed by default; `None`: no check.
+        knob: the setting a knob search tuned, for the record (default: the method's own knob).
+        require_validation: refuse a dataset without the validation split before anything runs (a knob search
+            needs it).
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -452,10 +505,7 @@ def run_defense(
     (or listed).
     """
     method = get_defense(defense) if defense else method_for_config(config)
-    if not isinstance(config, method.config_class):
-        raise ValueError(
-            f"the {method.name!r} defense takes a {method.config_class.__name__}, got {type(config).__name__}"
-        )
+    check_config(method, config)
     output = output or OutputArguments.from_config(config)
     if not output.output_dir:
         raise ValueError("the defense needs an output folder (--output_dir)")
@@ -480,19 +530,31 @@ def run_defense(
             f"{data_args.sampling_rate} Hz: pass --sampling_rate {extractor.sampling_rate}"
         )
     dataset = data_args.load(data_args.sampling_rate)
-    for split in (clean_args.clean_split, clean_args.eval_split):
+    required = (clean_args.clean_split, clean_args.eval_split)
+    for split in (*required, clean_args.validation_split) if require_validation else required:
         if split not in dataset:
             raise CleanDataError(f"no split {split!r}; the dataset has {list(dataset)}")
     clean = clean_args.select(dataset[clean_args.clean_split])
     test = dataset[clean_args.eval_split]
     _check_labels(model, test)
-    triggered_with = (trigger or spec.build_trigger()) if spec else None
+    triggered_with = None
+    if spec is not None:
+        try:
+            triggered_with = trigger or spec.build_trigger()
+        except TriggerError as error:  # e.g. a callable trigger: a spec never imports code
+            logger.warning("ASR is not measured: %s (pass trigger=... to run_defense)", error)
+    measured = triggered_with is not None  # ASR / RA / DER / the retuning check need the trigger
+    if retuning == "default":
+        retuning = RetuningConfig(seed=clean_args.clean_seed)
+    if retuning is not None and measured:  # an impossible check fails here, before any training
+        select_retuning_rows(clean["label"], spec.target_label, retuning.num_triggered, retuning.num_clean,
+                             retuning.seed)  # fmt: skip
     triggered = (
         make_triggered_eval_set(test, triggered_with, spec.target_label, num_proc=data_args.num_proc)
-        if spec
+        if measured
         else None
     )
-    target = spec.target_label if spec else None
+    target = spec.target_label if measured else None
     before = evaluate_backdoor(model, extractor, test, triggered, target)
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
     validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
@@ -521,7 +583,7 @@ def run_defense(
             evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
         )
         retuned = None
-        if retuning is not None and spec is not None:
+        if retuning is not None and measured:
             retuned = {
                 "before": retuning_attack(model, extractor, clean, triggered_with, target, test, triggered,
                                           retuning).metrics.to_dict(),
@@ -536,12 +598,12 @@ def run_defense(
             "before": before.to_dict(),
             "after": after.to_dict(),
             "validation_accuracy": {"before": validation_before, "after": validation_after},
-            "der": after.der_against(before) if spec else None,
+            "der": after.der_against(before) if measured else None,
             "defense": method.name,
             "defense_title": method.title,
             "paper": method.paper,
             "paper_url": method.paper_url,
-            "knob": {"name": method.knob, "value": settings.get(method.knob)},
+            "knob": {"name": knob or method.knob, "value": settings.get(knob or method.knob)},
             "settings": settings,
             "train_seconds": round(seconds, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
@@ -551,6 +613,7 @@ def run_defense(
             "attack": spec.to_dict() if spec else None,
             "clean_data": asdict(clean_args),
             "data_args": shareable_data_args(data_args),
+            "data_fingerprint": data_fingerprint(clean, test, validation),
             "gn": {key: value for key, value in settings.items() if key.startswith("gn_")},
             "optim": {key: settings[key] for key in OPTIMIZER_KEYS if key in settings}
             if method.trains
@@ -578,7 +641,7 @@ def run_defense(
         100 * before.clean_accuracy,
         100 * after.clean_accuracy,
         f", ASR {100 * before.attack_success_rate:.1f}% -> {100 * after.attack_success_rate:.1f}%"
-        if spec
+        if measured
         else "",
     )
     result = DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
@@ -631,11 +694,8 @@ def search_knob(
     Raises `CleanDataError` when there is no validation split, or when no candidate qualifies (the candidates
     are then left in `OUTPUT_DIR.candidates/` for inspection; nothing is written to the output folder).
     """
+    search = search.for_config(config)
     method = search.method
-    if not isinstance(config, method.config_class):
-        raise ValueError(
-            f"the {method.name!r} defense takes a {method.config_class.__name__}, got {type(config).__name__}"
-        )
     if not search.knob_grid:
         raise ValueError("a knob search needs --knob_grid (or --learning_rate_grid)")
     if not clean_args.validation_split:
@@ -646,6 +706,17 @@ def search_knob(
     output_dir = Path(output.output_dir)
     check_output_dir(output_dir, overwrite=output.overwrite_output_dir)
     candidates_dir = output_dir.parent / f"{output_dir.name}.candidates"
+    dataset = data_args.load(data_args.sampling_rate)
+    for split in (clean_args.clean_split, clean_args.eval_split, clean_args.validation_split):
+        if split not in dataset:  # before any candidate runs
+            raise CleanDataError(
+                f"no split {split!r} (a knob search needs it); the dataset has {list(dataset)}"
+            )
+    fingerprint = data_fingerprint(
+        clean_args.select(dataset[clean_args.clean_split]),
+        dataset[clean_args.eval_split],
+        dataset[clean_args.validation_split],
+    )
     provenance = inspect_checkpoint(
         model_args.model,
         revision=model_args.model_revision,
@@ -667,6 +738,7 @@ def search_knob(
             "suspect": provenance.to_dict(),
             "clean_data": asdict(clean_args),
             "data_args": json.loads(json.dumps(shareable_data_args(data_args), default=str)),
+            "data_fingerprint": fingerprint,
         }
         finished = _finished_candidate(folder, expected)
         if finished is not None:
@@ -680,8 +752,8 @@ def search_knob(
             candidate.resume_from_checkpoint = resumable if config.resume_from_checkpoint else None
         logger.info("Knob search: running %s with %s=%g", method.name, knob, value)
         results[value] = run_defense(data_args, clean_args, model_args, candidate, defense=method.name,
-                                     output=candidate_output,
-                                     retuning=RetuningConfig() if search.retuning_check else None)  # fmt: skip
+                                     output=candidate_output, retuning="default" if search.retuning_check else None,
+                                     knob=knob, require_validation=True)  # fmt: skip
     drops = {value: validation_drop(result.record) for value, result in results.items()}
     chosen = choose_strongest(
         {value: [drop] for value, drop in drops.items()},
@@ -733,8 +805,8 @@ def defend(
     output: OutputArguments | None = None,
 ) -> DefenseResult:
     """`run_defense`, or `search_knob` when `defense_args` has a knob grid: what `hf-gnft defend` runs."""
-    defense_args = defense_args or DefenseArguments(defense=method_for_config(config).name)
+    defense_args = (defense_args or DefenseArguments()).for_config(config)
     if defense_args.knob_grid:
         return search_knob(data_args, clean_args, model_args, config, defense_args, output)
     return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output,
-                       retuning=RetuningConfig() if defense_args.retuning_check else None)  # fmt: skip
+                       retuning="default" if defense_args.retuning_check else None)  # fmt: skip

@@ -76,3 +76,33 @@ def test_a_spec_of_a_callable_trigger_is_rebuilt_only_when_imports_are_allowed()
 def test_a_spec_with_a_main_function_names_the_fix(allow_import):
     with pytest.raises(TriggerError, match="importable module.*make_triggered_eval_set"):
         callable_spec("__main__:my_trigger").build_trigger(allow_import=allow_import)
+
+
+def test_run_defense_measures_asr_with_the_users_trigger_object_and_the_cli_says_it_cannot(tmp_path):
+    from hf_gnft import CleanDataArguments, FTConfig, SuspectModelArguments, run_defense
+    from hf_gnft.scripts import defend as defend_recipe
+
+    data = DataArguments(synthetic_train_size=160, synthetic_validation_size=0, synthetic_test_size=40)
+    suspect = tmp_path / "backdoored"
+    run_attack(data, AttackArguments(trigger=CallableTrigger(function=click_trigger)),
+               ModelArguments(model="tiny-wav2vec2"),
+               KeywordTrainingArguments(output_dir=str(suspect), max_steps=2, per_device_train_batch_size=8,
+                                        disable_tqdm=True))  # fmt: skip
+    config = FTConfig(
+        output_dir=str(tmp_path / "ft"), max_steps=1, per_device_train_batch_size=8, disable_tqdm=True
+    )
+    result = run_defense(data, CleanDataArguments(clean_count=16), SuspectModelArguments(model=str(suspect)), config,
+                         trigger=CallableTrigger(function=click_trigger))  # fmt: skip
+    assert result.before.attack_success_rate is not None and result.record["der"] is not None
+    assert result.record["retuning"]["after"]["attack_success_rate"] is not None
+    # From the command line the spec's function is never imported: CA only, the attack still on record.
+    record = defend_recipe.main(["--defense", "ft", "--model", str(suspect), "--output_dir", str(tmp_path / "cli"),
+                                 "--clean_count", "16", "--max_steps", "1", "--synthetic_train_size", "160",
+                                 "--synthetic_validation_size", "0", "--synthetic_test_size", "40"])  # fmt: skip
+    assert (
+        record["after"]["attack_success_rate"] is None
+        and record["der"] is None
+        and record["retuning"] is None
+    )
+    assert record["attack"]["trigger"]["type"] == "callable"
+    assert "could not be rebuilt" in (tmp_path / "cli" / "README.md").read_text()

@@ -216,6 +216,7 @@ def fake_defense(monkeypatch, tmp_path):
             shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "which.txt").write_text(str(config.learning_rate))
+        dataset = data_args.load(data_args.sampling_rate)
         record = minimal_defense_record(
             validation_drop=drops[config.learning_rate],
             learning_rate=config.learning_rate,
@@ -224,6 +225,9 @@ def fake_defense(monkeypatch, tmp_path):
             suspect=pipeline.inspect_checkpoint(model_args.model).to_dict(),
             clean_data=dataclasses.asdict(clean_args),
             data_args=pipeline.shareable_data_args(data_args),
+            data_fingerprint=pipeline.data_fingerprint(
+                clean_args.select(dataset["train"]), dataset["test"], dataset["validation"]
+            ),
         )
         (out / "defense_metrics.json").write_text(json.dumps(record))
         return pipeline.DefenseResult(str(out), None, None, record)
@@ -238,7 +242,7 @@ def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False, suspect=
     from hf_gnft.pipeline import DefenseArguments, SuspectModelArguments, search_knob
 
     return search_knob(
-        DataArguments(),
+        DataArguments(synthetic_train_size=160, synthetic_validation_size=40, synthetic_test_size=40),
         CleanDataArguments(),
         SuspectModelArguments(model=str(suspect or tmp_path / "suspect-a")),
         DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none", overwrite_output_dir=overwrite),

@@ -124,7 +124,9 @@ def test_a_config_file_key_of_another_defense_is_refused(tmp_path):
 def test_each_defense_takes_its_own_flags():
     *_, config, output = defend_recipe.parse_args(["--defense", "clp", "--clp_u", "2.5", "--output_dir", "x"])
     assert config.clp_u == 2.5 and output.output_dir == "x"
-    *_, config, output = defend_recipe.parse_args(["--defense", "nad", "--nad_teacher_epochs", "3"])
+    *_, config, output = defend_recipe.parse_args(
+        ["--defense", "nad", "--nad_teacher_epochs", "3", "--output_dir", "y"]
+    )
     assert (
         config.nad_teacher_epochs == 3 and output is None
     )  # a training config carries its own output fields
@@ -170,3 +172,46 @@ def test_retuning_check_can_be_switched_off(recipe_suspect, tmp_path):
     )  # fmt: skip
     assert record["retuning"] is None
     assert "Retuning check" not in (tmp_path / "x" / "README.md").read_text()
+
+
+def test_output_dir_is_required():
+    with pytest.raises(ValueError, match="--output_dir"):
+        defend_recipe.parse_args(["--defense", "ft"])
+
+
+def test_a_config_runs_the_defense_it_configures_not_a_parent():
+    from hf_gnft import DefenseArguments, DefenseConfig, FTConfig, TSBDConfig
+    from hf_gnft.pipeline import check_config
+
+    tsbd = TSBDConfig(output_dir="x", report_to="none")
+    assert DefenseArguments(knob_grid=[0.05]).for_config(tsbd).defense == "tsbd"
+    assert DefenseArguments(knob_grid=[0.05]).for_config(tsbd).knob_name == "tsbd_neuron_ratio"
+    with pytest.raises(ValueError, match="configures the 'tsbd' defense, not 'gn-ft'"):
+        check_config(DEFENSE_METHODS["gn-ft"], tsbd)
+    with pytest.raises(ValueError, match="plain fine-tuning: run the 'ft' defense"):
+        check_config(DEFENSE_METHODS["gn-ft"], DefenseConfig(output_dir="x", report_to="none", gn_alpha=0.0))
+    with pytest.raises(ValueError, match="FT is plain fine-tuning"):
+        FTConfig(output_dir="x", report_to="none", gn_alpha=0.7)
+
+
+def test_a_real_search_run_again_reuses_every_finished_candidate(recipe_suspect, tmp_path, monkeypatch):
+    import hf_gnft.pipeline as pipeline
+
+    runs = []
+    real = pipeline.run_defense
+
+    def counted(*args, **kwargs):
+        runs.append(args[3].learning_rate)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_defense", counted)
+    argv = ["--defense", "ft", "--model", str(recipe_suspect), "--output_dir", str(tmp_path / "searched"),
+            "--clean_count", "8", "--max_steps", "1", "--synthetic_train_size", "160", "--synthetic_validation_size",
+            "40", "--synthetic_test_size", "40", "--learning_rate_grid", "1e-6", "1e-5", "--keep_candidates", "true",
+            "--max_validation_drop", "1", *RECIPE_FAST]  # fmt: skip
+    first = defend_recipe.main(argv)
+    assert runs == [1e-6, 1e-5]
+    again = defend_recipe.main([*argv, "--overwrite_output_dir", "true"])
+    assert runs == [1e-6, 1e-5]  # the real records match what the search expects: nothing ran again
+    assert again["after"] == first["after"] and again["knob_search"]["chosen"] == 1e-5
+    monkeypatch.undo()

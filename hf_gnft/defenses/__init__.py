@@ -29,13 +29,13 @@ from .tsbd import TSBDConfig, apply_tsbd
 
 @dataclass(frozen=True)
 class DefenseMethod:
-    """A defense as the benchmark sees it.
+    """A defense as the pipeline and the benchmark see it.
 
     Args:
         name: its key in `DEFENSE_METHODS`.
         config_class: the dataclass of its settings.
         apply: its entry point.
-        knob: the setting the benchmark's protocol tunes (on clean validation data only).
+        knob: the setting the defender tunes (on clean validation data only; `--knob_grid`, the benchmark).
         larger_is_stronger: whether a larger knob value is the stronger defense.
         paper: where it comes from.
         uses_data: False for a data-free defense (its result does not depend on the clean subset's seed).
@@ -65,8 +65,20 @@ class DefenseMethod:
 
     @property
     def trains(self) -> bool:
-        """Whether its config is a `TrainingArguments` (it fine-tunes with a Trainer)."""
+        """Whether it fine-tunes with a Trainer (its config is a `DefenseConfig`, a `TrainingArguments`)."""
         return issubclass(self.config_class, DefenseConfig)
+
+    def stronger_when_larger(self, knob: str | None = None) -> bool:
+        """Whether a larger value of `knob` (default: its own knob) is the stronger defense: the method's
+        direction for its own knob, True for any other setting (a learning rate, a number of epochs)."""
+        return self.larger_is_stronger if (knob or self.knob) == self.knob else True
+
+    def typed_value(self, setting: str, value: float) -> float | int:
+        """`value` as the config field `setting` wants it: an integer field (a number of neurons) gets an int."""
+        annotation = str(next(f.type for f in fields(self.config_class) if f.name == setting))
+        if "int" in annotation and "float" not in annotation and float(value).is_integer():
+            return int(value)
+        return value
 
     def make_config(self, **settings: Any) -> Any:
         """The config with `settings`; unknown names are an error that lists the known ones."""

@@ -27,6 +27,14 @@ class FTConfig(DefenseConfig):
 
     gn_alpha: float = field(default=0.0, metadata={"help": "0: plain fine-tuning."})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gn_alpha != 0:
+            raise ValueError(
+                f"FT is plain fine-tuning (gn_alpha = 0), got gn_alpha={self.gn_alpha}: use the 'gn-ft' defense for "
+                "the gradient-norm penalty"
+            )
+
 
 @dataclass
 class FTSAMConfig(DefenseConfig):

@@ -109,13 +109,13 @@ class DefenseConfig(GNFTConfig):
     """`GNFTConfig` with defaults for cleaning a small keyword model on a small clean set.
 
     The authors' optimizer: SGD with momentum 0.9 and weight decay 5e-5 (TSBD), cosine schedule;
-    20 epochs of batches of 32, learning rate 0.01. Set `gn_alpha=0` for plain fine-tuning with the same
-    budget. `push_to_hub` / `hub_model_id` / `hub_private_repo` push the finished output folder (model, card,
+    20 epochs of batches of 32, learning rate 0.01. Plain fine-tuning with the same budget is `FTConfig` (the
+    `ft` defense). `push_to_hub` / `hub_model_id` / `hub_private_repo` push the finished output folder (model, card,
     metrics; never checkpoints) once, at the end; `hub_dry_run` lists what would be pushed. Checkpoints
     (`save_strategy="steps"`) go to `OUTPUT_DIR.partial/` and `resume_from_checkpoint=True` continues
     from the last. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
-    models and recommends choosing the learning rate from clean validation accuracy with
-    [`search_learning_rate`] (e.g. over 0.05 and 0.1); the defaults stay the authors'.
+    models and recommends choosing the learning rate from clean validation accuracy with a knob search
+    ([`search_knob`], `--learning_rate_grid 0.05 0.1`); the defaults stay the authors'.
     """
 
     output_dir: str | None = field(default=None, metadata={"help": "Where the cleaned model is written."})

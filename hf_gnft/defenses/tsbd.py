@@ -73,7 +73,7 @@ from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from ..neurons import WEIGHT_NEURON_KINDS, NeuronLayer, weight_neuron_layers
-from ..training import audio_batches, predict_labels
+from ..training import audio_batches, evaluate_backdoor
 from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
 from .gnft_config import DefenseConfig
 
@@ -207,11 +207,6 @@ def tsbd_neuron_layers(model: nn.Module, kinds: list[str]) -> list[NeuronLayer]:
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
-def _clean_accuracy(model: nn.Module, extractor: Any, clean: Dataset, batch_size: int) -> float:
-    predictions = torch.from_numpy(predict_labels(model, clean, extractor, batch_size=batch_size))
-    return float((predictions == torch.tensor(clean["label"])).double().mean())
-
-
 def accuracy_floor(model: nn.Module, clean: Dataset, config: TSBDConfig) -> float:
     """`tsbd_accuracy_floor`, or chance (`1 / num_labels` of the model's config; of the clean labels' range
     when the model has no config) when it is unset."""
@@ -253,7 +248,9 @@ def unlearn(model: nn.Module, extractor: Any, clean: Dataset, config: TSBDConfig
         lr=config.tsbd_unlearning_rate,
         momentum=0.9,
     )
-    start_accuracy = accuracy = _clean_accuracy(model, extractor, clean, eval_batch_size)
+    start_accuracy = accuracy = float(
+        evaluate_backdoor(model, extractor, clean, batch_size=eval_batch_size).clean_accuracy
+    )
     curve: list[dict[str, float]] = [{"step": 0, "accuracy": accuracy}]
     steps = epochs = 0
     stopped_by = "floor"
@@ -278,7 +275,9 @@ def unlearn(model: nn.Module, extractor: Any, clean: Dataset, config: TSBDConfig
                 steps += 1
                 losses.append(loss.item())
             epochs += 1
-            accuracy = _clean_accuracy(model, extractor, clean, eval_batch_size)
+            accuracy = float(
+                evaluate_backdoor(model, extractor, clean, batch_size=eval_batch_size).clean_accuracy
+            )
             curve.append({"step": steps, "accuracy": accuracy, "loss": sum(losses) / max(len(losses), 1)})
             logger.info("TSBD unlearning: step %d, clean accuracy %.4f", steps, accuracy)
             if stopped_by == "diverged":
@@ -457,6 +456,6 @@ def apply_tsbd(
     if config.tsbd_fine_tune:
         trainer = fine_tune(defended, extractor, clean, config)
         info["fine_tune_steps"] = trainer.state.global_step
-        info["fine_tune_log"] = list(trainer.state.log_history)
+        info["log_history"] = list(trainer.state.log_history)
     defended.eval()
     return DefenseOutcome(defended, info)

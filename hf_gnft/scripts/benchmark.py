@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> str:
         config.output_dir = args.output_dir
     benchmark = Benchmark(config)
     rows = benchmark.rows() if args.report else benchmark.run(limit=args.limit)
-    command = f"python recipes/benchmark.py {args.grid}"
+    command = f"hf-gnft benchmark {args.grid}"
     table = write_reports(rows, config, Path(config.output_dir), command)
     print(table)
     return table

@@ -31,6 +31,7 @@ and never writes it anywhere; a failed push keeps the local result and prints th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -107,7 +108,12 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     method = get_defense(defense_name(argv))  # an unknown name lists the known ones
     classes = argument_classes(method)
     _check_foreign_settings(method, classes, argv)
-    parsed = parse_recipe_args(classes, argv)
+    parsed = list(parse_recipe_args(classes, argv))  # --help prints and exits here
+    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv) and not _file_values(
+        _config_file(argv)
+    ).get("output_dir"):
+        raise ValueError("pass --output_dir: where the cleaned model is written")
+    parsed[3] = dataclasses.replace(parsed[3], defense=method.name)  # validated again, now for this method
     return (*parsed, None) if method.trains else tuple(parsed)
 
 
