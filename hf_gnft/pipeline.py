@@ -383,10 +383,10 @@ def choose_strongest(
         larger_is_stronger: whether a larger value is the stronger defense (a learning rate, a pruning
             threshold) or a smaller one (CLP's u).
     """
-    allowed = [
+    allowed = [  # a drop of exactly `max_drop` qualifies: the mean of float drops may exceed it by rounding
         value
         for value, runs in drops.items()
-        if len(runs) >= max(min_runs, 1) and sum(runs) / len(runs) <= max_drop
+        if len(runs) >= max(min_runs, 1) and sum(runs) / len(runs) <= max_drop + 1e-9
     ]
     if not allowed:
         return None

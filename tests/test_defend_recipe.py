@@ -376,3 +376,13 @@ def test_choose_strongest_follows_the_direction_of_the_knob():
     drops = {2.0: [0.05], 3.0: [0.01], 4.0: [0.0]}  # CLP: a smaller u prunes more
     assert choose_strongest(drops, larger_is_stronger=False) == 3.0
     assert choose_strongest(drops, larger_is_stronger=True) == 4.0
+
+
+def test_a_mean_drop_of_exactly_the_limit_qualifies_despite_float_rounding():
+    from hf_gnft.pipeline import choose_strongest
+
+    drops = {
+        0.02: [0.018000000000000016, 0.02400000000000002, 0.018000000000000016]
+    }  # mean 0.020000000000000018
+    assert choose_strongest(drops, max_drop=0.02) == 0.02
+    assert choose_strongest({0.02: [0.0201]}, max_drop=0.02) is None
