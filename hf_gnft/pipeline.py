@@ -668,10 +668,7 @@ def _finished_candidate(folder: Path, expected: dict[str, Any]) -> DefenseResult
 
 def _with_knob(method: DefenseMethod, config: Any, knob: str, value: float) -> Any:
     candidate = copy.deepcopy(config)
-    annotation = str(next(f.type for f in dataclasses.fields(method.config_class) if f.name == knob))
-    if "int" in annotation and "float" not in annotation and float(value).is_integer():
-        value = int(value)
-    setattr(candidate, knob, value)
+    setattr(candidate, knob, method.typed_value(knob, value))
     return candidate
 
 
