@@ -43,11 +43,13 @@ from .defenses import (
     GNFTConfig,
     GNFTTrainer,
     NADConfig,
+    PurifyConfig,
     TSBDConfig,
     UnsupportedModelError,
     get_defense,
 )
 from .hub import HubPushError, build_model_card, hub_files, push_output_dir, write_model_card
+from .inversion import InversionError, InversionSettings, InvertedTrigger, invert_classes
 from .metrics import (
     BackdoorMetrics,
     attack_success_rate,
@@ -148,6 +150,11 @@ __all__ = [
     "OutputArguments",
     "OutputExistsError",
     "PBSM",
+    "PurifyConfig",
+    "InversionError",
+    "InversionSettings",
+    "InvertedTrigger",
+    "invert_classes",
     "PoisonError",
     "RetuningConfig",
     "RetuningError",

@@ -199,15 +199,13 @@ def train_timed(
     resume_from_checkpoint: str | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[Trainer, Any, float]:
-    """Build `trainer_class` on `train_dataset` with the audio collator, train it (from
+    """Build `trainer_class` on `train_dataset` with the audio collator (or a `data_collator` passed in
+    `trainer_kwargs`), train it (from
     `resume_from_checkpoint` when given), and return the trainer, the `train()` output and the training wall
     time in seconds."""
+    collator = trainer_kwargs.pop("data_collator", None) or AudioClassificationCollator(feature_extractor)
     trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=AudioClassificationCollator(feature_extractor),
-        **trainer_kwargs,
+        model=model, args=args, train_dataset=train_dataset, data_collator=collator, **trainer_kwargs
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -18,8 +18,8 @@ gradients on those clips and turns them into statistics (all are reported; one m
 
 * `universal_perturbation_gap`: for each class c, one additive perturbation shared by all clips, far quieter than the
   built-in triggers (L2 radius 0.01 · sqrt(length) of the normalised input, −40 dB), optimised for a few steps to send the
-  other classes' clips to c (a trigger inversion in the spirit of Neural Cleanse); the fraction of held-out clips
-  it sends to c. A backdoor's target is unusually easy to reach. The statistic is the largest class's fraction
+  other classes' clips to c (the additive trigger inversion of `hf_gnft.inversion`, which purification shares); the
+  fraction of held-out clips it sends to c. A backdoor's target is unusually easy to reach. The statistic is the largest class's fraction
   minus the median class's; that class is the suspected target.
 
 What separates backdoored from clean models is measured by `benchmarks/scan_validation.py` on tiny models (every
@@ -47,6 +47,7 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..inversion import invert_additive
 from ..neurons import resolve_layers
 from ..training import audio_batches
 from .gradients import gradients_for
@@ -196,44 +197,6 @@ def _class_pass(
     return [total / count for total in sums], direction / count
 
 
-@torch.no_grad()
-def _success(model: nn.Module, batches: list[dict], delta: torch.Tensor, target: int) -> float:
-    hits, count = 0, 0
-    for batch in batches:
-        inputs = batch["input_values"]
-        shift = delta[: inputs.shape[-1]]
-        logits = model(input_values=inputs[..., : shift.shape[-1]] + shift).logits
-        hits += int((logits.argmax(-1) == target).sum())
-        count += inputs.shape[0]
-    return hits / count
-
-
-def _universal_perturbation(
-    model: nn.Module,
-    batches: list[dict],
-    target: int,
-    steps: int,
-    budget: float,
-) -> float:
-    """Optimise one additive perturbation of the (normalised) input, shared by every clip, within an L2 ball of
-    radius `budget · sqrt(length)` (−40 dB of a unit-variance clip's energy at 0.01), to send the first batch's
-    clips to `target` (`steps` normalised-gradient steps); return the fraction of the other batches' clips (or of
-    the first, if there is only one) it sends to `target`."""
-    train, held_out = batches[0], batches[1:] or batches[:1]
-    inputs = train["input_values"]
-    radius = budget * math.sqrt(inputs.shape[-1])
-    delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
-    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(input_values=inputs + delta).logits.float(), labels)
-        (grad,) = torch.autograd.grad(loss, [delta])
-        with torch.no_grad():
-            delta = delta - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
-            delta = delta * min(1.0, radius / float(delta.norm().clamp_min(1e-12)))
-    return _success(model, held_out, delta.detach(), target)
-
-
 def scan_model(
     model: nn.Module,
     extractor: Any,
@@ -295,9 +258,9 @@ def scan_model(
                 "input_gradient_coherence": float(direction.norm()),
             }
             if universal_steps > 0:
-                per_class[names[index]]["universal_success"] = _universal_perturbation(
+                per_class[names[index]]["universal_success"] = invert_additive(
                     model, batches, index, universal_steps, universal_budget
-                )
+                ).success
     layer_tails = {layer.name: tail_ratio(values) for layer, values in zip(chosen, own, strict=True)}
     classes = list(per_class)
     statistics = {

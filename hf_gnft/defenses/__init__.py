@@ -2,7 +2,7 @@
 
 One module per method, each with its config: `gnft_config.py` + `gnft_trainer.py` (GN-FT, in TRL's manner),
 `fine_tuning.py` (FT, GN-FT and FT-SAM: one code path, three configs), `fine_pruning.py`, `nad.py`, `anp.py`,
-`clp.py`, `tsbd.py`. Every defense is `apply_<name>(model, extractor, clean, config, validation=None) ->
+`clp.py`, `tsbd.py`, `purify.py` (trigger inversion + unlearning, built on GN-FT). Every defense is `apply_<name>(model, extractor, clean, config, validation=None) ->
 DefenseOutcome`: it returns a defended copy (the suspect is never changed) and what it did. Training rules
 are Trainer subclasses configured by `TrainingArguments` subclasses; pruning defenses are functions.
 `DEFENSE_METHODS` names them, with the knob the defender tunes on clean validation data, for the one
@@ -24,6 +24,7 @@ from .fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning
 from .gnft_config import DefenseConfig, GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .nad import NADConfig, NADTrainer, apply_nad
+from .purify import PurifyConfig, PurifyTrainer, apply_purify
 from .tsbd import TSBDConfig, apply_tsbd
 
 
@@ -117,6 +118,10 @@ DEFENSE_METHODS: dict[str, DefenseMethod] = {
                       long_name="channel-Lipschitzness-based pruning (CLP)"),
         DefenseMethod("tsbd", TSBDConfig, apply_tsbd, "tsbd_neuron_ratio", True, "Lin et al., NeurIPS 2024",
                       paper_url=f"{ARXIV}2405.20291", long_name="Two-Stage Backdoor Defense (TSBD)"),
+        DefenseMethod("purify", PurifyConfig, apply_purify, "learning_rate", True,
+                      "trigger inversion + unlearning with GN-FT (this project; after I-BAU, Zeng et al., ICLR 2022)",
+                      paper_url=f"{ARXIV}2110.03735",
+                      long_name="purification: trigger inversion and unlearning with GN-FT"),
     )
 }  # fmt: skip
 
@@ -144,6 +149,8 @@ __all__ = [
     "FinePruningConfig",
     "NADConfig",
     "NADTrainer",
+    "PurifyConfig",
+    "PurifyTrainer",
     "TSBDConfig",
     "UnsupportedModelError",
     "apply_anp",
@@ -151,6 +158,7 @@ __all__ = [
     "apply_fine_pruning",
     "apply_fine_tuning",
     "apply_nad",
+    "apply_purify",
     "apply_tsbd",
     "get_defense",
 ]

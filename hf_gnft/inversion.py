@@ -1,0 +1,454 @@
+"""Trigger inversion from clean labelled clips: the one implementation the scan and purification share.
+
+The defender has the suspect and some clean labelled clips, never the trigger. For a class c, an inversion looks
+for one transform, shared by every clip, that sends the other classes' clips to c. A backdoor's target is unusually
+easy to reach: its inversion succeeds on far more clips than any other class's (the *success gap*).
+
+Two families of transform, both on the model's input (the feature extractor's normalised waveform):
+
+* `"additive"`: one additive perturbation within an L2 ball of radius `budget · sqrt(length)` (at 0.01, −40 dB
+  of a unit-variance clip's energy), found by normalised-gradient steps (a trigger inversion in the spirit of
+  Neural Cleanse). It can express a sound added to the clip (a noise burst, a tone).
+* `"spectral"`: a pitch shift by a whole number of semitones (searched over a grid, [`hf_gnft.effects.
+  pitch_shift`]) followed by a learned filter, one gain per STFT bin within `±max_gain_db`, and the clip's
+  normalisation again. It can express triggers that are not a sound added to the clip: a pitch shift (PBSM,
+  JingleBack's +10 semitones) and an equaliser-like colouring (a high-pass, a phaser's notches).
+
+Every inversion optimises on the first batch of the clips it is given and reports its success (the fraction of
+clips sent to the class) on the others (on the first when there is only one), so a transform that merely
+memorised its clips does not count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .effects import pitch_shift
+from .training import audio_batches
+
+FAMILIES = ("additive", "spectral")
+#: the spectral family's filter: STFT size and hop of the learned gains (at 16 kHz, 31 Hz bins)
+SPECTRAL_N_FFT = 512
+SPECTRAL_HOP = 128
+
+
+class InversionError(ValueError):
+    """An inversion cannot run with the settings or the data it was given."""
+
+
+def check_inversion_settings(
+    budget: float | None = None,
+    steps: int | None = None,
+    max_gain_db: float | None = None,
+    max_semitones: int | None = None,
+    families: Sequence[str] | None = None,
+) -> None:
+    """Refuse impossible inversion settings with a clear error (before any work is done).
+
+    Raises:
+        InversionError: a budget or gain that is not a finite number > 0, steps < 1, a semitone range outside
+            [0, 24], an unknown or repeated family.
+    """
+
+    def positive(name: str, value: Any) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise InversionError(f"the inversion's {name} must be a finite number > 0, got {value!r}")
+
+    if budget is not None:
+        positive("radius (budget)", budget)
+    if max_gain_db is not None:
+        positive("max_gain_db", max_gain_db)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise InversionError(f"the inversion needs an integer number of steps >= 1, got {steps!r}")
+    if max_semitones is not None and (
+        isinstance(max_semitones, bool) or not isinstance(max_semitones, int) or not 0 <= max_semitones <= 24
+    ):
+        raise InversionError(f"max_semitones must be an integer in [0, 24], got {max_semitones!r}")
+    if families is not None:
+        if isinstance(families, str) or not families:
+            raise InversionError(f"families must be a non-empty list of {FAMILIES}, got {families!r}")
+        unknown = [family for family in families if family not in FAMILIES]
+        if unknown:
+            raise InversionError(f"unknown inversion families {unknown}; use some of {', '.join(FAMILIES)}")
+        if len(set(families)) != len(families):
+            raise InversionError(f"an inversion family is named twice: {list(families)}")
+
+
+def normalise(inputs: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per clip: what the Wav2Vec2 feature extractor does (`do_normalize`)."""
+    mean = inputs.mean(dim=-1, keepdim=True)
+    variance = inputs.var(dim=-1, keepdim=True, unbiased=False)
+    return (inputs - mean) / torch.sqrt(variance + 1e-7)
+
+
+def pitch_shifted(inputs: torch.Tensor, semitones: int, sampling_rate: int = 16_000) -> torch.Tensor:
+    """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable)."""
+    if semitones == 0:
+        return inputs
+    rows = [
+        torch.from_numpy(pitch_shift(row, sampling_rate, semitones))
+        for row in inputs.detach().cpu().double().numpy()
+    ]
+    return torch.stack(rows).to(device=inputs.device, dtype=inputs.dtype)
+
+
+def spectral_filter(inputs: torch.Tensor, log_gains: torch.Tensor) -> torch.Tensor:
+    """`inputs` (batch, length) through a filter with one gain `exp(log_gains[f])` per STFT bin (differentiable
+    in the gains)."""
+    window = torch.hann_window(SPECTRAL_N_FFT, device=inputs.device, dtype=inputs.dtype)
+    spectrum = torch.stft(
+        inputs, SPECTRAL_N_FFT, SPECTRAL_HOP, window=window, return_complex=True, center=True
+    )
+    filtered = spectrum * torch.exp(log_gains).to(spectrum.real.dtype)[:, None]
+    return torch.istft(filtered, SPECTRAL_N_FFT, SPECTRAL_HOP, window=window, length=inputs.shape[-1])
+
+
+@dataclass
+class InvertedTrigger:
+    """One inverted trigger: a transform of the model's input that sends clips to `target`.
+
+    Args:
+        family: `"additive"` or `"spectral"`.
+        target: the class id it sends clips to.
+        success: the fraction of held-out other-class clips it sends to `target`.
+        delta: the additive perturbation (length samples), for `"additive"`.
+        semitones: the pitch shift, for `"spectral"`.
+        log_gains: the filter's natural-log gain per STFT bin, for `"spectral"`.
+        normalize: whether the model's input is normalised per clip (the spectral transform renormalises).
+        sampling_rate: the input's sampling rate (for the pitch shift).
+    """
+
+    family: str
+    target: int
+    success: float
+    delta: torch.Tensor | None = None
+    semitones: int = 0
+    log_gains: torch.Tensor | None = None
+    normalize: bool = True
+    sampling_rate: int = 16_000
+
+    def apply(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`inputs` (batch, length) carrying the trigger. An additive perturbation shorter than the clips leaves
+        their tail as it is; a longer one is cut to their length."""
+        if self.family == "additive":
+            delta = self.delta.to(device=inputs.device, dtype=inputs.dtype)
+            length = inputs.shape[-1]
+            if delta.shape[-1] >= length:
+                return inputs + delta[:length]
+            return inputs + F.pad(delta, (0, length - delta.shape[-1]))
+        shifted = pitch_shifted(inputs, self.semitones, self.sampling_rate)
+        filtered = spectral_filter(shifted, self.log_gains.to(device=inputs.device, dtype=inputs.dtype))
+        return normalise(filtered) if self.normalize else filtered
+
+    def describe(self) -> dict[str, Any]:
+        """Its family, target, success and size, for records (no tensors)."""
+        out: dict[str, Any] = {"family": self.family, "target": self.target, "success": self.success}
+        if self.family == "additive":
+            out["l2_norm"] = float(self.delta.norm())
+        else:
+            gains_db = 20 * self.log_gains.detach().double() / math.log(10)
+            out["semitones"] = self.semitones
+            out["max_abs_gain_db"] = float(gains_db.abs().max())
+        return out
+
+
+@torch.no_grad()
+def trigger_success(model: nn.Module, batches: Sequence[dict], trigger: InvertedTrigger) -> float:
+    """The fraction of the clips of `batches` that `trigger` sends to its target."""
+    hits, count = 0, 0
+    for batch in batches:
+        logits = model(input_values=trigger.apply(batch["input_values"])).logits
+        hits += int((logits.argmax(-1) == trigger.target).sum())
+        count += batch["input_values"].shape[0]
+    return hits / max(count, 1)
+
+
+def invert_additive(
+    model: nn.Module, batches: Sequence[dict], target: int, steps: int, budget: float
+) -> InvertedTrigger:
+    """Optimise one additive perturbation of the (normalised) input, shared by every clip, within an L2 ball of
+    radius `budget · sqrt(length)`, to send the first batch's clips to `target` (`steps` normalised-gradient steps
+    of a quarter of the radius); its success is measured on the other batches (on the first, if there is only
+    one). The scan's `universal_perturbation_gap` is built on this."""
+    train, held_out = batches[0], list(batches[1:]) or list(batches[:1])
+    inputs = train["input_values"]
+    radius = budget * math.sqrt(inputs.shape[-1])
+    delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(input_values=inputs + delta).logits.float(), labels)
+        (grad,) = torch.autograd.grad(loss, [delta])
+        with torch.no_grad():
+            delta = delta - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
+            delta = delta * min(1.0, radius / float(delta.norm().clamp_min(1e-12)))
+    trigger = InvertedTrigger("additive", int(target), 0.0, delta=delta.detach())
+    trigger.success = trigger_success(model, held_out, trigger)
+    return trigger
+
+
+@torch.no_grad()
+def shift_predictions(
+    model: nn.Module,
+    batches: Sequence[dict],
+    semitone_grid: Sequence[int],
+    sampling_rate: int,
+    normalize: bool,
+) -> dict[int, torch.Tensor]:
+    """Semitones -> the predicted class of every clip of `batches` (in order) shifted by that many semitones."""
+    out = {}
+    for semitones in semitone_grid:
+        predicted = []
+        for batch in batches:
+            shifted = pitch_shifted(batch["input_values"], semitones, sampling_rate)
+            predicted.append(
+                model(input_values=normalise(shifted) if normalize else shifted).logits.argmax(-1)
+            )
+        out[semitones] = torch.cat(predicted)
+    return out
+
+
+def best_shift(predictions: dict[int, torch.Tensor], rows: torch.Tensor | slice, target: int) -> int:
+    """The semitone shift that sends most of `rows` to `target` (ties: the smaller shift, then the lower one)."""
+    hits = {semitones: int((predicted[rows] == target).sum()) for semitones, predicted in predictions.items()}
+    return max(sorted(hits), key=lambda semitones: (hits[semitones], -abs(semitones)))
+
+
+def invert_spectral(
+    model: nn.Module,
+    batches: Sequence[dict],
+    target: int,
+    steps: int,
+    max_gain_db: float,
+    max_semitones: int = 12,
+    *,
+    semitones: int | None = None,
+    normalize: bool = True,
+    sampling_rate: int = 16_000,
+) -> InvertedTrigger:
+    """Find the pitch shift (whole semitones in `[-max_semitones, max_semitones]`; given as `semitones`, the
+    search is skipped) that sends most of the first batch's clips to `target`, then learn a filter on top of it
+    (one gain per STFT bin within `±max_gain_db`, `steps` normalised-gradient steps of a quarter of the bound,
+    starting flat; none when `steps` is 0); its success is measured on the other batches (on the first, if there
+    is only one)."""
+    train, held_out = batches[0], list(batches[1:]) or list(batches[:1])
+    inputs = train["input_values"]
+    if semitones is None:
+        grid = range(-max_semitones, max_semitones + 1)
+        predictions = shift_predictions(model, [train], grid, sampling_rate, normalize)
+        semitones = best_shift(predictions, slice(None), target)
+    shifted = pitch_shifted(inputs, semitones, sampling_rate)
+    bound = max_gain_db * math.log(10) / 20
+    log_gains = torch.zeros(SPECTRAL_N_FFT // 2 + 1, dtype=inputs.dtype, device=inputs.device)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
+    for _ in range(steps):
+        log_gains.requires_grad_(True)
+        filtered = spectral_filter(shifted, log_gains)
+        logits = model(input_values=normalise(filtered) if normalize else filtered).logits.float()
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), [log_gains])
+        with torch.no_grad():
+            step = (bound / 4) * grad / grad.abs().max().clamp_min(1e-12)
+            log_gains = (log_gains - step).clamp(-bound, bound)
+    trigger = InvertedTrigger(
+        "spectral",
+        int(target),
+        0.0,
+        semitones=int(semitones),
+        log_gains=log_gains.detach(),
+        normalize=normalize,
+        sampling_rate=sampling_rate,
+    )
+    trigger.success = trigger_success(model, held_out, trigger)
+    return trigger
+
+
+@dataclass
+class InversionSettings:
+    """How hard each family tries (the defender's budget).
+
+    Args:
+        families: the families to invert (see the module docs).
+        steps: optimisation steps per class and family.
+        budget: the additive perturbation's L2 radius over the square root of the clip length.
+        max_gain_db: the spectral filter's largest gain or cut, in dB.
+        max_semitones: the spectral family's largest pitch shift, in semitones either way.
+        filter_steps: the spectral filter's optimisation steps (`None`: `steps`; 0: the pitch shift alone).
+    """
+
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    steps: int = 60
+    budget: float = 0.02
+    max_gain_db: float = 12.0
+    max_semitones: int = 12
+    filter_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_inversion_settings(self.budget, self.steps, self.max_gain_db, self.max_semitones, self.families)
+        steps = self.filter_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise InversionError(f"filter_steps must be an integer >= 0, got {steps!r}")
+
+    @property
+    def spectral_filter_steps(self) -> int:
+        return self.steps if self.filter_steps is None else self.filter_steps
+
+
+def invert(
+    model: nn.Module,
+    batches: Sequence[dict],
+    target: int,
+    family: str,
+    settings: InversionSettings,
+    *,
+    semitones: int | None = None,
+    normalize: bool = True,
+    sampling_rate: int = 16_000,
+) -> InvertedTrigger:
+    """One family's inversion towards `target` from `batches` (other-class clips; see [`invert_additive`] and
+    [`invert_spectral`]). The model is put in eval mode for it and its mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        if family == "additive":
+            return invert_additive(model, batches, target, settings.steps, settings.budget)
+        if family == "spectral":
+            return invert_spectral(
+                model,
+                batches,
+                target,
+                settings.spectral_filter_steps,
+                settings.max_gain_db,
+                settings.max_semitones,
+                semitones=semitones,
+                normalize=normalize,
+                sampling_rate=sampling_rate,
+            )
+        raise InversionError(f"unknown inversion family {family!r}; use one of {', '.join(FAMILIES)}")
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class ClassInversion:
+    """Every class's inversion by every family, and the classes whose success stands out.
+
+    Args:
+        success: family -> class id -> success on held-out clips.
+        gap: family -> the largest class's success minus the median class's.
+        suspected: family -> the class with the largest success.
+        triggers: family -> class id -> the inverted trigger.
+    """
+
+    success: dict[str, dict[int, float]]
+    gap: dict[str, float]
+    suspected: dict[str, int]
+    triggers: dict[str, dict[int, InvertedTrigger]] = field(default_factory=dict, repr=False)
+
+    def suspects(self, threshold: float) -> list[int]:
+        """The classes some family's gap names, where that gap exceeds `threshold` (ascending ids)."""
+        return sorted({self.suspected[family] for family, gap in self.gap.items() if gap > threshold})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "success": {
+                family: {str(c): s for c, s in values.items()} for family, values in self.success.items()
+            },
+            "gap": dict(self.gap),
+            "suspected": dict(self.suspected),
+        }
+
+
+def class_batches(
+    clips: Any, extractor: Any, target: int, batch_size: int, *, label_column: str = "label", **batching: Any
+) -> list[dict]:
+    """The clips of `clips` (a dataset) whose label is not `target`, in order, as model batches labelled
+    `target`."""
+    labels = np.asarray(clips[label_column])
+    others = np.flatnonzero(labels != target)
+    if others.size == 0:
+        return []
+    return list(audio_batches(clips.select(others), extractor, batch_size, labels=target, **batching))
+
+
+def invert_classes(
+    model: nn.Module,
+    extractor: Any,
+    clips: Any,
+    settings: InversionSettings,
+    *,
+    classes: Sequence[int] | None = None,
+    batch_size: int = 32,
+    label_column: str = "label",
+) -> ClassInversion:
+    """Invert every class of `classes` (default: every class of the clips' label feature) with every family of
+    `settings`, from the clean labelled dataset `clips`.
+
+    Raises:
+        InversionError: fewer than 2 classes in the label space, or fewer than 2 labels present in the clips (an
+            inversion compares classes: with one, there are no other-class clips to send anywhere).
+    """
+    names = clips.features[label_column].names
+    present = set(int(label) for label in clips[label_column])
+    if len(names) < 2:
+        raise InversionError("trigger inversion compares classes: the model must have at least 2")
+    if len(present) < 2:
+        raise InversionError(
+            f"trigger inversion needs clean clips of at least 2 classes, got only {sorted(present)}"
+        )
+    first = next(model.parameters())
+    batching = {"device": first.device, "dtype": first.dtype}
+    normalize = bool(getattr(extractor, "do_normalize", True))
+    rate = int(getattr(extractor, "sampling_rate", 16_000))
+    classes = list(range(len(names))) if classes is None else list(classes)
+    labels = torch.as_tensor(clips[label_column])
+    shifts = None
+    if "spectral" in settings.families:  # every clip's prediction at every shift, once for all classes
+        was_training = model.training
+        model.eval()
+        try:
+            everything = list(audio_batches(clips, extractor, batch_size, label_column=None, **batching))
+            grid = range(-settings.max_semitones, settings.max_semitones + 1)
+            predictions = shift_predictions(model, everything, grid, rate, normalize)
+            shifts = {semitones: predicted.cpu() for semitones, predicted in predictions.items()}
+        finally:
+            model.train(was_training)
+    success: dict[str, dict[int, float]] = {family: {} for family in settings.families}
+    triggers: dict[str, dict[int, InvertedTrigger]] = {family: {} for family in settings.families}
+    for target in classes:
+        batches = class_batches(clips, extractor, target, batch_size, label_column=label_column, **batching)
+        if not batches:
+            continue
+        others = torch.nonzero(labels != target).flatten()
+        train_rows, held_rows = others[:batch_size], others[batch_size:]
+        for family in settings.families:
+            semitones = best_shift(shifts, train_rows, target) if family == "spectral" else None
+            if family == "spectral" and settings.spectral_filter_steps == 0:
+                rows = held_rows if held_rows.numel() else train_rows  # the pitch shift alone: no model call
+                share = float((shifts[semitones][rows] == target).float().mean())
+                flat = torch.zeros(SPECTRAL_N_FFT // 2 + 1)
+                trigger = InvertedTrigger("spectral", int(target), share, semitones=semitones, log_gains=flat,
+                                          normalize=normalize, sampling_rate=rate)  # fmt: skip
+            else:
+                trigger = invert(model, batches, target, family, settings, semitones=semitones,
+                                 normalize=normalize, sampling_rate=rate)  # fmt: skip
+            success[family][target] = trigger.success
+            triggers[family][target] = trigger
+    gap, suspected = {}, {}
+    for family, values in success.items():
+        ordered = np.array([values[c] for c in sorted(values)])
+        gap[family] = float(ordered.max() - np.median(ordered))
+        suspected[family] = sorted(values)[int(ordered.argmax())]
+    return ClassInversion(success, gap, suspected, triggers)

@@ -1,0 +1,270 @@
+"""Trigger inversion (`hf_gnft.inversion`, shared with the scan) and purification (`--defense purify`): its
+settings, bad input, what it does to the planted backdoor of the tests' twin tiny Wav2Vec2s (`planted_backdoor`),
+and that a model with no suspect class is only fine-tuned."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from testing_utils import LABELS, sine_dataset
+from torch import nn
+from transformers import HfArgumentParser
+
+from hf_gnft.defenses import FTConfig, apply_fine_tuning, get_defense
+from hf_gnft.defenses.base import DefenseInputError
+from hf_gnft.defenses.purify import (
+    TRIGGER_COLUMN,
+    PurifyCollator,
+    PurifyConfig,
+    apply_purify,
+    mixed_training_set,
+    suspected_targets,
+)
+from hf_gnft.inversion import (
+    ClassInversion,
+    InversionError,
+    InversionSettings,
+    InvertedTrigger,
+    best_shift,
+    class_batches,
+    invert_additive,
+    invert_classes,
+    normalise,
+    pitch_shifted,
+    shift_predictions,
+    spectral_filter,
+)
+from hf_gnft.training import evaluate_backdoor
+
+#: the planted twins: 32 clean clips, batches of 16, 5 epochs over the mixed set (20 steps, FT's 10 epochs)
+TRAINING = dict(per_device_train_batch_size=16, learning_rate=0.05, seed=0, report_to="none", disable_tqdm=True)
+
+
+def purify_config(tmp_path, **overrides) -> PurifyConfig:
+    values = dict(output_dir=str(tmp_path / "purify"), num_train_epochs=5, **TRAINING)
+    return PurifyConfig(**{**values, **overrides})
+
+
+def backdoor_metrics(planted, model):
+    return evaluate_backdoor(model, planted.extractor, planted.test, planted.triggered, planted.target)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"purify_radius": 0.0}, "radius"),
+        ({"purify_radius": -0.01}, "radius"),
+        ({"purify_radius": float("nan")}, "radius"),
+        ({"purify_radius": float("inf")}, "radius"),
+        ({"purify_detection_radius": 0.0}, "radius"),
+        ({"purify_rounds": 0}, "purify_rounds"),
+        ({"purify_steps": 0}, "steps"),
+        ({"purify_filter_steps": -1}, "filter_steps"),
+        ({"purify_mix_ratio": 0.0}, "purify_mix_ratio"),
+        ({"purify_max_gain_db": 0.0}, "max_gain_db"),
+        ({"purify_max_semitones": 30}, "max_semitones"),
+        ({"purify_families": []}, "families"),
+        ({"purify_families": ["additive", "additive"]}, "twice"),
+        ({"purify_families": ["patch"]}, "patch"),
+        ({"purify_detection_threshold": 1.0}, "purify_detection_threshold"),
+        ({"purify_max_targets": 0}, "purify_max_targets"),
+    ],
+)
+def test_bad_purify_config_is_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        purify_config(tmp_path, **overrides)
+
+
+def test_purify_is_registered_and_its_settings_are_flags(tmp_path):
+    method = get_defense("purify")
+    assert method.config_class is PurifyConfig and method.knob == "learning_rate" and method.trains
+    (config,) = HfArgumentParser(PurifyConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--purify_rounds", "2", "--purify_families", "additive",
+         "--purify_radius", "0.03"]
+    )  # fmt: skip
+    assert config.purify_rounds == 2 and config.purify_families == ["additive"] and config.purify_radius == 0.03
+    # GN-FT is the engine: the authors' penalty
+    assert (config.gn_alpha, config.gn_radius, config.optim_args) == (0.7, 0.05, "momentum=0.9")
+
+
+def test_one_class_clean_set_and_one_class_model_are_refused_before_any_training(planted_backdoor, tmp_path):
+    planted = planted_backdoor
+    config = purify_config(tmp_path)
+    one_class = planted.clean.filter(lambda row: row["label"] == 1)
+    with pytest.raises(DefenseInputError, match="only class"):
+        apply_purify(planted.model, planted.extractor, one_class, config)
+    with pytest.raises(DefenseInputError, match="empty"):
+        apply_purify(planted.model, planted.extractor, planted.clean.select([]), config)
+    from hf_gnft.models import build_model
+
+    single, extractor = build_model("tiny-wav2vec2", ["yes"])
+    with pytest.raises(DefenseInputError, match="1 class"):
+        apply_purify(single, extractor, planted.clean, config)
+    assert not (tmp_path / "purify").exists()  # nothing written
+
+
+def test_inversion_settings_are_checked():
+    for bad in (dict(budget=0.0), dict(budget=float("nan")), dict(steps=0), dict(max_gain_db=-1.0),
+                dict(families=["additive", "patch"]), dict(filter_steps=-1)):  # fmt: skip
+        with pytest.raises(InversionError):
+            InversionSettings(**bad)
+
+
+# ---------------------------------------------------------------------------------------------- the families
+
+
+def test_additive_trigger_pads_a_short_perturbation_and_cuts_a_long_one():
+    trigger = InvertedTrigger("additive", 0, 1.0, delta=torch.ones(4))
+    assert trigger.apply(torch.zeros(2, 6)).tolist() == [[1, 1, 1, 1, 0, 0]] * 2
+    assert trigger.apply(torch.zeros(1, 3)).tolist() == [[1, 1, 1]]
+
+
+def test_a_flat_spectral_filter_and_no_shift_give_the_clip_back():
+    clips = normalise(torch.randn(3, 4000, dtype=torch.float64))
+    assert torch.allclose(spectral_filter(clips, torch.zeros(257, dtype=torch.float64)), clips, atol=1e-9)
+    trigger = InvertedTrigger("spectral", 0, 1.0, semitones=0, log_gains=torch.zeros(257, dtype=torch.float64))
+    assert torch.allclose(trigger.apply(clips), clips, atol=1e-6)
+    # a cut of every bin by 6 dB halves the clip (and renormalisation undoes it)
+    half = spectral_filter(clips, torch.full((257,), math.log(0.5), dtype=torch.float64))
+    assert torch.allclose(half, clips / 2, atol=1e-9)
+
+
+class HighPitchDetector(nn.Module):
+    """A toy classifier: class 0 when most of the clip's energy lies above 1.5 kHz, else class 1."""
+
+    def forward(self, input_values):
+        spectrum = torch.fft.rfft(input_values).abs().pow(2)
+        frequencies = torch.fft.rfftfreq(input_values.shape[-1], 1 / 16_000)
+        high = spectrum[:, frequencies > 1500].sum(-1) / spectrum.sum(-1)
+        logits = torch.stack([10 * (high - 0.5), torch.zeros_like(high)], dim=-1)
+        return type("Output", (), {"logits": logits})()
+
+
+def test_the_pitch_search_finds_the_shift_a_pitch_trigger_needs():
+    t = torch.arange(8000) / 16_000
+    clips = torch.stack([torch.sin(2 * math.pi * f * t) for f in (1000.0, 1050.0, 1100.0, 1150.0)])
+    predictions = shift_predictions(HighPitchDetector(), [{"input_values": clips}], range(-12, 13), 16_000, True)
+    assert predictions[0].tolist() == [1, 1, 1, 1]  # unshifted: all low
+    chosen = best_shift(predictions, slice(None), 0)
+    # 1.5 kHz / 1 kHz is 7.02 semitones: +8 is the smallest shift that sends all four clips up
+    assert chosen == 8
+    assert pitch_shifted(clips, chosen).shape == clips.shape
+
+
+# ---------------------------------------------------------------------------------------------- shared with the scan
+
+
+def _scan_reference(model, batches, target, steps, budget):
+    """The scan's universal perturbation as it was before it moved to `hf_gnft.inversion` (a reference)."""
+    train, held_out = batches[0], batches[1:] or batches[:1]
+    inputs = train["input_values"]
+    radius = budget * math.sqrt(inputs.shape[-1])
+    delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(input_values=inputs + delta).logits.float(), labels)
+        (grad,) = torch.autograd.grad(loss, [delta])
+        with torch.no_grad():
+            delta = delta - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
+            delta = delta * min(1.0, radius / float(delta.norm().clamp_min(1e-12)))
+    hits = count = 0
+    with torch.no_grad():
+        for batch in held_out:
+            shift = delta[: batch["input_values"].shape[-1]]
+            logits = model(input_values=batch["input_values"][..., : shift.shape[-1]] + shift).logits
+            hits += int((logits.argmax(-1) == target).sum())
+            count += batch["input_values"].shape[0]
+    return hits / count
+
+
+def test_the_scans_inversion_is_unchanged_by_sharing_the_code(planted_backdoor):
+    planted = planted_backdoor
+    clips = sine_dataset(num_rows=48, seconds=0.3, seed=5)
+    for target in range(len(LABELS)):
+        batches = class_batches(clips, planted.extractor, target, 16)
+        expected = _scan_reference(planted.model, batches, target, 10, 0.01)
+        assert invert_additive(planted.model, batches, target, 10, 0.01).success == expected
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def test_the_inversion_names_the_planted_target_and_none_on_the_clean_twin(planted_backdoor):
+    planted = planted_backdoor
+    settings = InversionSettings(families=["additive"], steps=20, budget=0.01)
+    backdoored = invert_classes(planted.model, planted.extractor, planted.clean, settings)
+    clean = invert_classes(planted.clean_model, planted.extractor, planted.clean, settings)
+    print(backdoored.describe(), clean.describe())
+    assert backdoored.suspected["additive"] == planted.target
+    threshold = PurifyConfig(output_dir="x").purify_detection_threshold
+    assert backdoored.suspects(threshold) == [planted.target]
+    assert clean.suspects(threshold) == []
+    with pytest.raises(InversionError, match="at least 2 classes"):
+        invert_classes(planted.model, planted.extractor, planted.clean.filter(lambda r: r["label"] == 2), settings)
+
+
+def test_suspects_are_ranked_by_their_margin_over_the_threshold():
+    detection = ClassInversion(
+        success={}, gap={"additive": 0.2, "spectral": 0.9}, suspected={"additive": 3, "spectral": 1}
+    )
+    thresholds = {"additive": 0.1, "spectral": 0.5}
+    assert suspected_targets(detection, thresholds, 2) == [1, 3]
+    assert suspected_targets(detection, thresholds, 1) == [1]
+    assert suspected_targets(detection, {"additive": 0.3, "spectral": 0.95}, 2) == []
+
+
+# ---------------------------------------------------------------------------------------------- unlearning
+
+
+def test_the_mixed_set_marks_its_triggered_copies(planted_backdoor):
+    clean = planted_backdoor.clean
+    mixed = mixed_training_set(clean, 1.5, seed=0)
+    marks = mixed[TRIGGER_COLUMN]
+    assert len(mixed) == len(clean) + 48 and marks[: len(clean)] == [-1] * len(clean)
+    assert marks[len(clean) :] == list(range(48))
+    batch = PurifyCollator(planted_backdoor.extractor)([mixed[0], mixed[len(clean)]])
+    assert batch[TRIGGER_COLUMN].tolist() == [-1, 0] and batch["input_values"].shape[0] == 2
+
+
+def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_not(planted_backdoor, tmp_path):
+    planted = planted_backdoor
+    before = backdoor_metrics(planted, planted.model)
+    assert before.attack_success_rate == 1.0
+    config = purify_config(tmp_path, purify_families=["additive"])
+    outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
+    after = backdoor_metrics(planted, outcome.model)
+    ft = apply_fine_tuning(
+        planted.model, planted.extractor, planted.clean, FTConfig(output_dir=str(tmp_path / "ft"), num_train_epochs=10,
+                                                                  **TRAINING)
+    )  # fmt: skip
+    after_ft = backdoor_metrics(planted, ft.model)
+    print(outcome.info["detection"], outcome.info["rounds"], after, after_ft)
+    assert outcome.info["targets"] == [planted.target] and outcome.info["fallback"] is None
+    assert outcome.info["steps"] == ft.info["steps"] == 20  # the same budget
+    # three rounds, each re-inverting the target against the current model at its start
+    assert [(r["round"], r["step"]) for r in outcome.info["rounds"]] == [(0, 0), (1, 7), (2, 14)]
+    assert outcome.info["rounds"][0]["triggers"][0]["success"] >= 0.9
+    assert after.attack_success_rate <= 0.1 and after.clean_accuracy >= before.clean_accuracy - 0.05
+    assert after_ft.attack_success_rate >= 0.9
+    # the suspect is untouched
+    assert backdoor_metrics(planted, planted.model).attack_success_rate == 1.0
+
+
+def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted_backdoor, tmp_path):
+    planted = planted_backdoor
+    before = backdoor_metrics(planted, planted.clean_model)
+    outcome = apply_purify(planted.clean_model, planted.extractor, planted.clean, purify_config(tmp_path))
+    after = backdoor_metrics(planted, outcome.model)
+    print(outcome.info["detection"])
+    assert outcome.info["targets"] == [] and outcome.info["fallback"] == "gn-ft"
+    assert outcome.info["steps"] == 20  # GN-FT with the mixed set's steps
+    assert abs(after.clean_accuracy - before.clean_accuracy) <= 0.01
+    assert np.isfinite(list(outcome.info["detection"]["gap"].values())).all()
