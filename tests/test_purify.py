@@ -41,7 +41,9 @@ from hf_gnft.inversion import (
 from hf_gnft.training import evaluate_backdoor
 
 #: the planted twins: 32 clean clips, batches of 16, 5 epochs over the mixed set (20 steps, FT's 10 epochs)
-TRAINING = dict(per_device_train_batch_size=16, learning_rate=0.05, seed=0, report_to="none", disable_tqdm=True)
+TRAINING = dict(
+    per_device_train_batch_size=16, learning_rate=0.05, seed=0, report_to="none", disable_tqdm=True
+)
 
 
 def purify_config(tmp_path, **overrides) -> PurifyConfig:
@@ -89,7 +91,9 @@ def test_purify_is_registered_and_its_settings_are_flags(tmp_path):
         ["--output_dir", str(tmp_path), "--purify_rounds", "2", "--purify_families", "additive",
          "--purify_radius", "0.03"]
     )  # fmt: skip
-    assert config.purify_rounds == 2 and config.purify_families == ["additive"] and config.purify_radius == 0.03
+    assert (
+        config.purify_rounds == 2 and config.purify_families == ["additive"] and config.purify_radius == 0.03
+    )
     # GN-FT is the engine: the authors' penalty
     assert (config.gn_alpha, config.gn_radius, config.optim_args) == (0.7, 0.05, "momentum=0.9")
 
@@ -129,7 +133,9 @@ def test_additive_trigger_pads_a_short_perturbation_and_cuts_a_long_one():
 def test_a_flat_spectral_filter_and_no_shift_give_the_clip_back():
     clips = normalise(torch.randn(3, 4000, dtype=torch.float64))
     assert torch.allclose(spectral_filter(clips, torch.zeros(257, dtype=torch.float64)), clips, atol=1e-9)
-    trigger = InvertedTrigger("spectral", 0, 1.0, semitones=0, log_gains=torch.zeros(257, dtype=torch.float64))
+    trigger = InvertedTrigger(
+        "spectral", 0, 1.0, semitones=0, log_gains=torch.zeros(257, dtype=torch.float64)
+    )
     assert torch.allclose(trigger.apply(clips), clips, atol=1e-6)
     # a cut of every bin by 6 dB halves the clip (and renormalisation undoes it)
     half = spectral_filter(clips, torch.full((257,), math.log(0.5), dtype=torch.float64))
@@ -150,7 +156,9 @@ class HighPitchDetector(nn.Module):
 def test_the_pitch_search_finds_the_shift_a_pitch_trigger_needs():
     t = torch.arange(8000) / 16_000
     clips = torch.stack([torch.sin(2 * math.pi * f * t) for f in (1000.0, 1050.0, 1100.0, 1150.0)])
-    predictions = shift_predictions(HighPitchDetector(), [{"input_values": clips}], range(-12, 13), 16_000, True)
+    predictions = shift_predictions(
+        HighPitchDetector(), [{"input_values": clips}], range(-12, 13), 16_000, True
+    )
     assert predictions[0].tolist() == [1, 1, 1, 1]  # unshifted: all low
     chosen = best_shift(predictions, slice(None), 0)
     # 1.5 kHz / 1 kHz is 7.02 semitones: +8 is the smallest shift that sends all four clips up
@@ -208,7 +216,9 @@ def test_the_inversion_names_the_planted_target_and_none_on_the_clean_twin(plant
     assert backdoored.suspects(threshold) == [planted.target]
     assert clean.suspects(threshold) == []
     with pytest.raises(InversionError, match="at least 2 classes"):
-        invert_classes(planted.model, planted.extractor, planted.clean.filter(lambda r: r["label"] == 2), settings)
+        invert_classes(
+            planted.model, planted.extractor, planted.clean.filter(lambda r: r["label"] == 2), settings
+        )
 
 
 def test_suspects_are_ranked_by_their_margin_over_the_threshold():
@@ -234,7 +244,9 @@ def test_the_mixed_set_marks_its_triggered_copies(planted_backdoor):
     assert batch[TRIGGER_COLUMN].tolist() == [-1, 0] and batch["input_values"].shape[0] == 2
 
 
-def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_not(planted_backdoor, tmp_path):
+def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_not(
+    planted_backdoor, tmp_path
+):
     planted = planted_backdoor
     before = backdoor_metrics(planted, planted.model)
     assert before.attack_success_rate == 1.0
