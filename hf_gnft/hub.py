@@ -167,7 +167,25 @@ def build_model_card(record: dict[str, Any], model_name: str) -> ModelCard:
         citation=CITATION,
         trigger_json=json.dumps((record.get("attack") or {}).get("trigger")),
         validation_drops=json.dumps((record.get("knob_search") or {}).get("validation_drop")),
+        reinversion=_describe_reinversion(record),
     )
+
+
+def _describe_reinversion(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The re-inversion check of a record, for the card: the suspected target names and the largest success of a
+    fresh inversion towards them, on the suspect and on this model (percent)."""
+    check = record.get("reinversion")
+    if not check:
+        return None
+    names = (record.get("attack") or {}).get("label_names") or []
+    target_names = [names[t] if t < len(names) else str(t) for t in check.get("targets", [])]
+    return {
+        "targets": target_names,
+        "clips": check.get("clips"),
+        "clips_from": check.get("clips_from"),
+        "before": _percent(check.get("max_success_before")),
+        "after": _percent(check.get("max_success_after")),
+    }
 
 
 def card_settings(record: dict[str, Any]) -> dict[str, Any]:

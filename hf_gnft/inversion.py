@@ -452,3 +452,82 @@ def invert_classes(
         gap[family] = float(ordered.max() - np.median(ordered))
         suspected[family] = sorted(values)[int(ordered.argmax())]
     return ClassInversion(success, gap, suspected, triggers)
+
+
+#: a class is a suspected target when a family's gap (its success over the median class's) exceeds this: for the
+#: additive family the scan's calibrated threshold at the detection settings (`analysis/scan_calibration.json`);
+#: for the spectral family's pitch search, a value between a noise-burst suspect's 0.33 and style / PBSM suspects'
+#: 0.59 / 0.88 (tiny Wav2Vec2s of the small grid)
+DEFAULT_THRESHOLDS = {"additive": 0.1346, "spectral": 0.5}
+
+
+def detection_settings(families: Sequence[str] = FAMILIES) -> InversionSettings:
+    """The detection's settings: the scan's additive inversion (radius 0.01, 20 steps) and the pitch search alone."""
+    return InversionSettings(list(families), steps=20, budget=0.01, filter_steps=0)
+
+
+def rank_suspects(
+    detection: ClassInversion, thresholds: dict[str, float], limit: int | None = None
+) -> list[int]:
+    """The classes some family's gap names above its threshold, the largest margin over its threshold first, at
+    most `limit`."""
+    ranked = sorted(
+        ((gap - thresholds[family], detection.suspected[family]) for family, gap in detection.gap.items()
+         if gap > thresholds[family]),
+        reverse=True,
+    )  # fmt: skip
+    targets: list[int] = []
+    for _, target in ranked:
+        if target not in targets:
+            targets.append(target)
+    return targets if limit is None else targets[:limit]
+
+
+def reinversion_check(
+    suspect: nn.Module,
+    defended: nn.Module,
+    extractor: Any,
+    clips: Any,
+    *,
+    settings: InversionSettings | None = None,
+    thresholds: dict[str, float] | None = None,
+    max_clips: int = 128,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Is the defended model still easy to push to a suspected target? From clean clips only (the defender's
+    evidence): every class of the suspect is inverted ([`detection_settings`]), the classes whose gap stands out
+    ([`rank_suspects`]) are the suspected targets, and a fresh inversion of each against the defended model
+    measures how many held-out clips it still sends there.
+
+    Returns:
+        A record: `targets` (suspected class ids), `suspect` (the suspect's per-class detection), `defended` (family ->
+        target -> success against the defended model), `max_success_before` / `max_success_after` (the largest
+        success over the targets and families; `None` when no class is suspected).
+    """
+    settings = settings or detection_settings()
+    thresholds = thresholds or DEFAULT_THRESHOLDS
+    if len(clips) > max_clips:
+        clips = clips.shuffle(seed=seed).select(range(max_clips))
+    detection = invert_classes(suspect, extractor, clips, settings, batch_size=batch_size)
+    targets = rank_suspects(detection, thresholds)
+    after = (
+        invert_classes(defended, extractor, clips, settings, classes=targets, batch_size=batch_size)
+        if targets
+        else None
+    )
+    record: dict[str, Any] = {
+        "targets": targets,
+        "thresholds": dict(thresholds),
+        "clips": len(clips),
+        "suspect": detection.describe(),
+        "defended": after.describe()["success"] if after else {},
+        "max_success_before": None,
+        "max_success_after": None,
+    }
+    if targets:
+        record["max_success_before"] = max(
+            detection.success[f][t] for f in detection.success for t in targets
+        )
+        record["max_success_after"] = max(after.success[f][t] for f in after.success for t in targets)
+    return record

@@ -34,6 +34,7 @@ from .audio import AudioError
 from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, DefenseOutcome, get_defense
 from .hub import PushResult, push_output_dir, redact_local, write_model_card
+from .inversion import reinversion_check
 from .metrics import BackdoorMetrics
 from .models import inspect_checkpoint, load_suspect_model
 from .outputs import (
@@ -169,6 +170,10 @@ class DefenseArguments:
         retuning_check: when the attack is known, run `hf_gnft.retuning_attack` (5 triggered clips, the true
             trigger and target) on the suspect and on the defended model and record both ASRs. Evaluation only:
             it never influences the defense or the knob's choice.
+        reinversion_check: invert every class of the suspect from clean validation clips, and re-invert the
+            classes that stand out against the defended model ([`hf_gnft.inversion.reinversion_check`]): clean
+            data only, so a knob search uses it too (among the candidates within the validation drop, the one
+            least easily re-inverted is published).
     """
 
     defense: str | None = field(
@@ -196,6 +201,13 @@ class DefenseArguments:
         metadata={
             "help": "When the attack is known: fine-tune the suspect and the defended model on 5 triggered clips "
             "mixed with the clean ones and record the ASR after it (does the backdoor come back?)."
+        },
+    )
+    reinversion_check: bool = field(
+        default=True,
+        metadata={
+            "help": "Invert the suspect's classes from clean validation clips and re-invert the suspected targets "
+            "against the defended model (clean data only; a knob search prefers the least re-invertible candidate)."
         },
     )
 
@@ -393,6 +405,28 @@ def choose_strongest(
     return max(allowed) if larger_is_stronger else min(allowed)
 
 
+def choose_candidate(
+    drops: dict[float, float],
+    reinverted: dict[float, float | None],
+    max_drop: float = 0.02,
+    larger_is_stronger: bool = True,
+    tolerance: float = 0.02,
+) -> float | None:
+    """The defender's choice from clean data only: among the settings whose validation drop is at most
+    `max_drop`, the one whose fresh re-inversion succeeds least (`reinverted`: its largest success over the
+    suspected targets; `None` where no class is suspected); successes within `tolerance` of the lowest count as
+    equal, and among those the strongest value wins. Without re-inversion results, the strongest qualifying value
+    ([`choose_strongest`]). `None` if none qualifies."""
+    allowed = [value for value, drop in drops.items() if drop <= max_drop + 1e-9]
+    measured = {value: reinverted.get(value) for value in allowed if reinverted.get(value) is not None}
+    if measured:
+        lowest = min(measured.values())
+        allowed = [value for value, success in measured.items() if success <= lowest + tolerance]
+    if not allowed:
+        return None
+    return max(allowed) if larger_is_stronger else min(allowed)
+
+
 def choose_learning_rate(
     drops: dict[float, list[float]], max_drop: float = 0.02, min_runs: int = 1
 ) -> float | None:
@@ -477,6 +511,7 @@ def run_defense(
     retuning: RetuningConfig | None | str = "default",
     knob: str | None = None,
     require_validation: bool = False,
+    reinversion: bool = True,
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -495,6 +530,8 @@ def run_defense(
         knob: the setting a knob search tuned, for the record (default: the method's own knob).
         require_validation: refuse a dataset without the validation split before anything runs (a knob search
             needs it).
+        reinversion: run the re-inversion check ([`hf_gnft.inversion.reinversion_check`]) on clean validation
+            clips (on the clean subset when there is no validation split) and record it.
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -582,6 +619,14 @@ def run_defense(
         validation_after = (
             evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
         )
+        reinverted = None
+        if reinversion:
+            reinverted = reinversion_check(model, defended, extractor,
+                                           validation if validation is not None else clean,
+                                           seed=clean_args.clean_seed)  # fmt: skip
+            reinverted["clips_from"] = (
+                clean_args.validation_split if validation is not None else "clean subset"
+            )
         retuned = None
         if retuning is not None and measured:
             retuned = {
@@ -619,6 +664,7 @@ def run_defense(
             if method.trains
             else {},
             "retuning": retuned,
+            "reinversion": reinverted,
             "info": info,
             "log_history": log_history,
             "machine": machine_description(),
@@ -680,9 +726,11 @@ def search_knob(
     search: DefenseArguments,
     output: OutputArguments | None = None,
 ) -> DefenseResult:
-    """Run the defense once per value of `search.knob_grid`, keep the strongest value whose clean validation
-    accuracy drops by at most `search.max_validation_drop`, and publish it to the output folder (with
-    `knob_search.json`: every candidate's validation drop). ASR plays no part in the choice.
+    """Run the defense once per value of `search.knob_grid` and publish the defender's choice ([`choose_candidate`]):
+    among the values whose clean validation accuracy drops by at most `search.max_validation_drop`, the one least
+    easily re-inverted towards a suspected target (with `reinversion_check`), then the strongest. It goes to the
+    output folder with `knob_search.json` (every candidate's validation drop and re-inversion success). The
+    trigger, the test set and ASR play no part in the choice.
 
     Candidates go to `OUTPUT_DIR.candidates/<knob>-<value>`; a search run again after an interruption reuses a
     candidate only if it finished with the same defense, settings, suspect, data and clean subset. The chosen
@@ -750,19 +798,21 @@ def search_knob(
         logger.info("Knob search: running %s with %s=%g", method.name, knob, value)
         results[value] = run_defense(data_args, clean_args, model_args, candidate, defense=method.name,
                                      output=candidate_output, retuning="default" if search.retuning_check else None,
-                                     knob=knob, require_validation=True)  # fmt: skip
+                                     knob=knob, require_validation=True,
+                                     reinversion=search.reinversion_check)  # fmt: skip
     drops = {value: validation_drop(result.record) for value, result in results.items()}
-    chosen = choose_strongest(
-        {value: [drop] for value, drop in drops.items()},
-        search.max_validation_drop,
-        larger_is_stronger=search.larger_is_stronger,
-    )
+    reinverted = {
+        value: (result.record.get("reinversion") or {}).get("max_success_after")
+        for value, result in results.items()
+    }
+    chosen = choose_candidate(drops, reinverted, search.max_validation_drop, search.larger_is_stronger)
     summary = {
         "knob": knob,
         "grid": grid,
         "larger_is_stronger": search.larger_is_stronger,
         "max_validation_drop": search.max_validation_drop,
         "validation_drop": {f"{value:g}": drop for value, drop in drops.items()},
+        "reinversion_success": {f"{value:g}": success for value, success in reinverted.items()},
         "chosen": chosen,
     }
     main_process = _main_process(config)
@@ -806,4 +856,5 @@ def defend(
     if defense_args.knob_grid:
         return search_knob(data_args, clean_args, model_args, config, defense_args, output)
     return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output,
-                       retuning="default" if defense_args.retuning_check else None)  # fmt: skip
+                       retuning="default" if defense_args.retuning_check else None,
+                       reinversion=defense_args.reinversion_check)  # fmt: skip

@@ -23,7 +23,9 @@ FAST_SETTINGS = {
     "anp": ["--anp_steps", "2"],
     "clp": [],
     "tsbd": ["--max_steps", "1", "--tsbd_max_unlearning_steps", "2"],
-}
+    "purify": ["--max_steps", "2", "--purify_steps", "2", "--purify_detection_steps", "2",
+               "--purify_max_semitones", "1", "--purify_filter_steps", "1", "--purify_detection_threshold", "0"],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,11 @@ def test_every_defense_writes_the_same_files_and_record_keys(defended):
         assert "output_dir" not in record["settings"] and "hub_token" not in record["settings"]
         retuning = record["retuning"]  # on by default when the attack is known
         assert retuning["settings"]["num_triggered"] == 5
+        reinversion = record["reinversion"]  # on by default: clean data only
+        assert reinversion["clips_from"] == "clean subset" and reinversion["clips"] == 8
+        assert set(reinversion["suspect"]["gap"]) == {"additive", "spectral"}
+        if reinversion["targets"]:
+            assert 0 <= reinversion["max_success_after"] <= 1
         assert (
             0 <= retuning["before"]["attack_success_rate"] <= 1
             and 0 <= retuning["after"]["attack_success_rate"] <= 1
@@ -85,7 +92,7 @@ def test_every_card_names_its_method_with_the_same_sections(defended):
         if method.paper_url:
             assert f"({method.paper_url})" in card
         assert "github.com" not in card  # only links that exist
-        assert "Retuning check" in card
+        assert "Retuning check" in card and "Re-inversion check" in card
         sections[name] = [line for line in card.splitlines() if line.startswith("## ")]
     assert all(s == sections["gn-ft"] for s in sections.values()), sections
 

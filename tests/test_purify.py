@@ -22,7 +22,6 @@ from hf_gnft.defenses.purify import (
     PurifyConfig,
     apply_purify,
     mixed_training_set,
-    suspected_targets,
 )
 from hf_gnft.inversion import (
     ClassInversion,
@@ -35,6 +34,7 @@ from hf_gnft.inversion import (
     invert_classes,
     normalise,
     pitch_shifted,
+    rank_suspects,
     shift_predictions,
     spectral_filter,
 )
@@ -226,9 +226,9 @@ def test_suspects_are_ranked_by_their_margin_over_the_threshold():
         success={}, gap={"additive": 0.2, "spectral": 0.9}, suspected={"additive": 3, "spectral": 1}
     )
     thresholds = {"additive": 0.1, "spectral": 0.5}
-    assert suspected_targets(detection, thresholds, 2) == [1, 3]
-    assert suspected_targets(detection, thresholds, 1) == [1]
-    assert suspected_targets(detection, {"additive": 0.3, "spectral": 0.95}, 2) == []
+    assert rank_suspects(detection, thresholds, 2) == [1, 3]
+    assert rank_suspects(detection, thresholds, 1) == [1]
+    assert rank_suspects(detection, {"additive": 0.3, "spectral": 0.95}, 2) == []
 
 
 # ---------------------------------------------------------------------------------------------- unlearning
@@ -280,3 +280,20 @@ def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted
     assert outcome.info["steps"] == 20  # GN-FT with the mixed set's steps
     assert abs(after.clean_accuracy - before.clean_accuracy) <= 0.01
     assert np.isfinite(list(outcome.info["detection"]["gap"].values())).all()
+
+
+# ---------------------------------------------------------------------------------------------- the defender's choice
+
+
+def test_the_choice_prefers_the_least_re_invertible_candidate_within_the_validation_drop():
+    from hf_gnft.pipeline import choose_candidate
+
+    drops = {0.005: 0.0, 0.01: 0.01, 0.02: 0.015, 0.05: 0.04}
+    # 0.05 is out (drop 4 points); of the rest, 0.01 is the hardest to re-invert
+    assert choose_candidate(drops, {0.005: 0.6, 0.01: 0.05, 0.02: 0.3, 0.05: 0.0}) == 0.01
+    # within the tolerance of the lowest, the strongest wins
+    assert choose_candidate(drops, {0.005: 0.6, 0.01: 0.05, 0.02: 0.06, 0.05: 0.0}) == 0.02
+    # no suspected target anywhere: the strongest value within the drop
+    assert choose_candidate(drops, {value: None for value in drops}) == 0.02
+    assert choose_candidate(drops, {}, larger_is_stronger=False) == 0.005
+    assert choose_candidate({0.1: 0.05}, {0.1: 0.0}) is None

@@ -33,8 +33,8 @@ from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedModel
 
 from ..inversion import (
+    DEFAULT_THRESHOLDS,
     FAMILIES,
-    ClassInversion,
     InversionError,
     InversionSettings,
     InvertedTrigger,
@@ -42,6 +42,7 @@ from ..inversion import (
     class_batches,
     invert,
     invert_classes,
+    rank_suspects,
 )
 from ..training import AudioClassificationCollator
 from .base import DefenseInputError, DefenseOutcome, check_clean_subset, copy_model, fine_tune
@@ -53,9 +54,6 @@ logger = logging.getLogger(__name__)
 DEFENSE_NAME = "purify"
 #: the column that marks a training row as a copy to carry an inverted trigger (-1: a clean row)
 TRIGGER_COLUMN = "purify_trigger"
-#: the scan's calibrated threshold of the additive gap at its settings (radius 0.01, 20 steps); see
-#: `hf_gnft/analysis/scan_calibration.json`
-SCAN_GAP_THRESHOLD = 0.1346
 
 
 @dataclass
@@ -135,11 +133,12 @@ class PurifyConfig(DefenseConfig):
         default=20, metadata={"help": "Steps of each class's detection inversion (the scan's)."}
     )
     purify_detection_threshold: float = field(
-        default=SCAN_GAP_THRESHOLD,
+        default=DEFAULT_THRESHOLDS["additive"],
         metadata={"help": "Additive inversion gap over the median class that makes a class a suspect."},
     )
     purify_spectral_threshold: float = field(
-        default=0.5, metadata={"help": "Spectral inversion gap over the median class that makes a suspect."}
+        default=DEFAULT_THRESHOLDS["spectral"],
+        metadata={"help": "Spectral inversion gap over the median class that makes a suspect."},
     )
     purify_max_targets: int = field(default=2, metadata={"help": "The most suspected classes unlearned."})
     purify_inversion_clips: int = field(
@@ -185,21 +184,6 @@ class PurifyConfig(DefenseConfig):
 
     def thresholds(self) -> dict[str, float]:
         return {"additive": self.purify_detection_threshold, "spectral": self.purify_spectral_threshold}
-
-
-def suspected_targets(detection: ClassInversion, thresholds: dict[str, float], limit: int) -> list[int]:
-    """The classes some family's gap names above its threshold, the largest margin over its threshold first,
-    at most `limit`."""
-    ranked = sorted(
-        ((gap - thresholds[family], detection.suspected[family]) for family, gap in detection.gap.items()
-         if gap > thresholds[family]),
-        reverse=True,
-    )  # fmt: skip
-    targets: list[int] = []
-    for _, target in ranked:
-        if target not in targets:
-            targets.append(target)
-    return targets[:limit]
 
 
 class PurifyCollator(AudioClassificationCollator):
@@ -344,7 +328,7 @@ def apply_purify(
         clips = clips.shuffle(seed=config.seed).select(range(config.purify_inversion_clips))
     detection = invert_classes(defended, extractor, clips, config.detection_settings(),
                                batch_size=config.per_device_train_batch_size)  # fmt: skip
-    targets = suspected_targets(detection, config.thresholds(), config.purify_max_targets)
+    targets = rank_suspects(detection, config.thresholds(), config.purify_max_targets)
     info: dict[str, Any] = {
         "defense": DEFENSE_NAME,
         "detection": detection.describe(),
