@@ -297,3 +297,17 @@ def test_the_choice_prefers_the_least_re_invertible_candidate_within_the_validat
     assert choose_candidate(drops, {value: None for value in drops}) == 0.02
     assert choose_candidate(drops, {}, larger_is_stronger=False) == 0.005
     assert choose_candidate({0.1: 0.05}, {0.1: 0.0}) is None
+
+
+def test_each_target_is_unlearned_with_the_families_that_named_it(tmp_path):
+    from hf_gnft.defenses.purify import unlearning_plan
+
+    detection = ClassInversion(
+        success={}, gap={"additive": 0.3, "spectral": 0.8}, suspected={"additive": 5, "spectral": 0}
+    )
+    flagged = purify_config(tmp_path, purify_max_targets=2)
+    assert unlearning_plan(detection, [0, 5], flagged) == [(0, "spectral"), (5, "additive")]
+    every = purify_config(tmp_path, purify_unlearn="all")
+    assert unlearning_plan(detection, [0], every) == [(0, "additive"), (0, "spectral")]
+    with pytest.raises(ValueError, match="purify_unlearn"):
+        purify_config(tmp_path, purify_unlearn="some")

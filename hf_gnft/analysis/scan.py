@@ -308,7 +308,7 @@ def verdict_text(score: float, suspicious: bool, calibration: ScanCalibration, t
     if suspicious:
         towards = f"; the suspected target class is {target!r}" if target else ""
         return (
-            f"SUSPICIOUS: {comparison}{towards}. Treat the model as backdoored until a defense (e.g. GN-FT) "
+            f"SUSPICIOUS: {comparison}{towards}. Treat the model as backdoored until a defense (e.g. `hf-gnft defend --defense purify`) "
             "and a trigger-specific test say otherwise."
         )
     return (
