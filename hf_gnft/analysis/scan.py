@@ -308,8 +308,8 @@ def verdict_text(score: float, suspicious: bool, calibration: ScanCalibration, t
     if suspicious:
         towards = f"; the suspected target class is {target!r}" if target else ""
         return (
-            f"SUSPICIOUS: {comparison}{towards}. Treat the model as backdoored until a defense (e.g. `hf-gnft defend --defense purify`) "
-            "and a trigger-specific test say otherwise."
+            f"SUSPICIOUS: {comparison}{towards}. Treat the model as backdoored until a defense (e.g. "
+            "`hf-gnft defend --defense purify`) and a trigger-specific test say otherwise."
         )
     return (
         f"NO EVIDENCE FOUND: {comparison}. This is not proof of a clean model: the scan misses some backdoors, "
