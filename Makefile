@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd attack-table observation \
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table observation \
 	scan-validation clean
 
 $(STAMP): setup.py
@@ -59,6 +59,9 @@ bench-defenses: $(STAMP)  # the small defense grid, then the ANP variants on its
 
 bench-tsbd: $(STAMP)  # TSBD beside FT and GN-FT on the small grid's suspects, with the retuning check; resumable
 	$(PY) recipes/benchmark.py benchmarks/grids/tsbd.yaml
+
+bench-purify: $(STAMP)  # purification beside GN-FT, FT and TSBD on the small grid's suspects, with the retuning and re-inversion checks; resumable
+	$(PY) recipes/benchmark.py benchmarks/grids/purify.yaml
 
 observation: $(STAMP)  # GN-FT's observation on the small grid's suspects, before and after GN-FT; resumable
 	$(PY) benchmarks/observation.py

@@ -73,7 +73,9 @@ def main() -> None:
         )
         ft_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        purified = apply_purify(model, extractor, clean, PurifyConfig(**{**common, **dict(args.purify)}))
+        purified = apply_purify(
+            model, extractor, clean, PurifyConfig(**{**common, **dict(args.purify)}), validation=validation
+        )
         purify_seconds = time.perf_counter() - started
         print(f"| {path.rstrip('/').split('/')[-1]} | {measure(model)} | {measure(ft.model)} | {measure(purified.model)} "
               f"| {ft_seconds:.0f} | {purify_seconds:.0f} | {purified.info['targets']} |", flush=True)  # fmt: skip

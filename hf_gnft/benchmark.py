@@ -34,10 +34,11 @@ from .attack import (
 )
 from .data.arguments import CleanDataArguments, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
+from .inversion import detection_settings, invert_classes, reinversion_check, reinversion_clips
 from .metrics import BackdoorMetrics
 from .models import load_suspect_model
 from .outputs import atomic_write_text, machine_description
-from .pipeline import apply_method, choose_strongest, validation_drop
+from .pipeline import apply_method, choose_candidate, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .retuning import RetuningConfig, retuning_attack
 from .trainer_args import KeywordTrainingArguments
@@ -114,6 +115,9 @@ class BenchmarkConfig:
             ASR after it ("post-retuning ASR"). Evaluation only; the knob's choice never sees it.
         retuning_settings: `RetuningConfig` fields other than the seed (the cell's seed is used). Cells finished
             before `retuning` was switched on are not run again; the column then averages the cells that have it.
+        reinversion: run the re-inversion check (`hf_gnft.inversion.reinversion_check`, clean validation clips
+            only) on every defended model; the knob's choice then prefers, within the validation drop, the value
+            least easily re-inverted (`hf_gnft.pipeline.choose_candidate`), as `hf-gnft defend` does.
     """
 
     output_dir: str = "outputs/benchmark"
@@ -131,6 +135,7 @@ class BenchmarkConfig:
     suspects_dir: str | None = None
     retuning: bool = False
     retuning_settings: dict[str, Any] = field(default_factory=dict)
+    reinversion: bool = False
 
     def __post_init__(self) -> None:
         if not self.defenses:
@@ -238,6 +243,7 @@ class Benchmark:
         self.data_args = DataArguments(**config.data)
         self._dataset = None
         self._triggered: dict[str, Any] = {}
+        self._detections: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- data
 
@@ -351,6 +357,19 @@ class Benchmark:
             atomic_write_text(path, json.dumps(cached, indent=2))
         return cached[key]
 
+    def reinverted(self, suspect: Path, model, defended, extractor) -> dict:
+        """The re-inversion check of a defended model on the clean validation split; the suspect's own inversion
+        is measured once per suspect."""
+        clips = reinversion_clips(self.dataset["validation"])
+        if suspect.name not in self._detections:
+            self._detections[suspect.name] = invert_classes(model, extractor, clips, detection_settings())
+        record = reinversion_check(
+            model, defended, extractor, clips, detection=self._detections[suspect.name]
+        )
+        return {
+            key: record[key] for key in ("targets", "defended", "max_success_before", "max_success_after")
+        }
+
     def _validation_accuracy(self, model, extractor) -> float:
         if "validation" not in self.dataset:
             raise BenchmarkConfigError("the benchmark's protocol needs a clean validation split")
@@ -392,6 +411,9 @@ class Benchmark:
                 "before": self.retuned_suspect(suspect, clean, seed),
                 "after": self.retuned(outcome.model, extractor, suspect, clean, seed),
             }
+        reinverted = (
+            self.reinverted(suspect, model, outcome.model, extractor) if self.config.reinversion else None
+        )
         return {
             "model": model_name,
             "trigger": trigger_name(trigger),
@@ -412,6 +434,7 @@ class Benchmark:
             "settings": settings,
             "clean_rows": len(clean),
             "retuned": retuned,
+            "reinversion": reinverted,
             "info": {
                 key: value for key, value in outcome.info.items() if not key.endswith(("log_history", "_log"))
             },
@@ -462,8 +485,28 @@ def _retuned_asr(runs: list[dict], which: str) -> str:
     return _pct(values) if values else ""
 
 
+def _mean_reinversion(runs: list[dict]) -> float | None:
+    """The mean over runs of the re-inversion check's largest success; `None` when no run has a suspected target."""
+    values = [
+        r["reinversion"]["max_success_after"]
+        for r in runs
+        if r.get("reinversion") and r["reinversion"]["max_success_after"] is not None
+    ]
+    return statistics.mean(values) if values else None
+
+
+def _reinversion(runs: list[dict], which: str) -> str:
+    """Mean ± std of the re-inversion check's largest success (`max_success_before`: the suspect's)."""
+    values = [
+        r["reinversion"][which] for r in runs if r.get("reinversion") and r["reinversion"][which] is not None
+    ]
+    return _pct(values) if values else ""
+
+
 def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple[float, list[dict]]]:
-    """(model, trigger, defense) -> (chosen knob value, its runs), by the clean-validation rule."""
+    """(model, trigger, defense) -> (chosen knob value, its runs), by the defender's rule on clean data: the mean
+    validation drop over seeds within the limit, then the least re-invertible value (when the cells have the
+    re-inversion check), then the strongest."""
     groups: dict[tuple, dict[float, list[dict]]] = {}
     for row in rows:
         if row["defense"] not in config.defenses:
@@ -474,9 +517,12 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
     chosen = {}
     for key, by_value in groups.items():
         entry = config.defenses[key[2]]
-        drops = {value: [validation_drop(r) for r in runs] for value, runs in by_value.items()}
-        value = choose_strongest(
-            drops, config.max_validation_drop, larger_is_stronger=entry.stronger_when_larger
+        drops = {value: statistics.mean(validation_drop(r) for r in runs) for value, runs in by_value.items()}
+        value = choose_candidate(
+            drops,
+            {value: _mean_reinversion(runs) for value, runs in by_value.items()},
+            config.max_validation_drop,
+            larger_is_stronger=entry.stronger_when_larger,
         )
         if value is not None:
             chosen[key] = (value, by_value[value])
@@ -500,13 +546,16 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             )
     lines = [
         f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
-        f"{100 * config.max_validation_drop:g} pp); CA / ASR / RA in %, mean ± std over seeds; time and memory "
+        f"{100 * config.max_validation_drop:g} pp, or with the re-inversion check the least re-invertible of those); CA / ASR / RA in %, mean ± std over seeds; time and memory "
         f"relative to the mean of all {config.reference!r} runs on the same suspect. '—': no value qualified. ASR after "
         f"retuning: after fine-tuning on 5 triggered clips mixed into the clean subset (Min et al., NeurIPS 2024), "
-        f"when the grid runs the check; the backdoored row shows the suspect's.",
+        f"when the grid runs the check; the backdoored row shows the suspect's. Re-inversion: the largest share of "
+        f"held-out clean validation clips a fresh inversion sends to a suspected target (clean data only; with "
+        f"it, the rule prefers the least re-invertible value within the drop).",
         "",
-        "| model | attack | defense | knob | CA | ASR | RA | DER | ASR after retuning | time × | memory × |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | attack | defense | knob | CA | ASR | RA | DER | ASR after retuning | re-inversion | time × "
+        "| memory × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     suspects = sorted({(r["model"], r["trigger"]) for r in rows})
     for model, trigger in suspects:
@@ -517,13 +566,13 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
         lines.append(
             f"| {model} | {trigger} | backdoored | | {100 * before['clean_accuracy']:.1f} "
             f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | "
-            f"| {_retuned_asr(suspect_rows, 'before')} | | |"
+            f"| {_retuned_asr(suspect_rows, 'before')} | {_reinversion(suspect_rows, 'max_success_before')} | | |"
         )
         for defense in config.defenses:
             key = (model, trigger, defense)
             if key not in chosen:
                 if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
-                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | |")
+                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | | |")
                 continue
             value, runs = chosen[key]
             seconds = statistics.mean(r["seconds"] for r in runs)
@@ -537,7 +586,7 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
                 f"| {_pct([r['after']['robust_accuracy'] for r in runs])} "
                 f"| {statistics.mean(r['der'] for r in runs):.3f} | {_retuned_asr(runs, 'after')} "
-                f"| {time_ratio} | {memory_ratio} |"
+                f"| {_reinversion(runs, 'max_success_after')} | {time_ratio} | {memory_ratio} |"
             )
     return "\n".join(lines)
 

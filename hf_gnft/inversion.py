@@ -483,6 +483,11 @@ def rank_suspects(
     return targets if limit is None else targets[:limit]
 
 
+def reinversion_clips(clips: Any, max_clips: int = 128, seed: int = 0) -> Any:
+    """The clean clips a re-inversion check uses: at most `max_clips`, drawn with `seed`."""
+    return clips.shuffle(seed=seed).select(range(max_clips)) if len(clips) > max_clips else clips
+
+
 def reinversion_check(
     suspect: nn.Module,
     defended: nn.Module,
@@ -494,11 +499,15 @@ def reinversion_check(
     max_clips: int = 128,
     seed: int = 0,
     batch_size: int = 32,
+    detection: ClassInversion | None = None,
 ) -> dict[str, Any]:
     """Is the defended model still easy to push to a suspected target? From clean clips only (the defender's
     evidence): every class of the suspect is inverted ([`detection_settings`]), the classes whose gap stands out
     ([`rank_suspects`]) are the suspected targets, and a fresh inversion of each against the defended model
     measures how many held-out clips it still sends there.
+
+    `detection`: the suspect's inversion on the same clips with the same settings, when already measured (the
+    benchmark measures it once per suspect).
 
     Returns:
         A record: `targets` (suspected class ids), `suspect` (the suspect's per-class detection), `defended` (family ->
@@ -507,9 +516,8 @@ def reinversion_check(
     """
     settings = settings or detection_settings()
     thresholds = thresholds or DEFAULT_THRESHOLDS
-    if len(clips) > max_clips:
-        clips = clips.shuffle(seed=seed).select(range(max_clips))
-    detection = invert_classes(suspect, extractor, clips, settings, batch_size=batch_size)
+    clips = reinversion_clips(clips, max_clips, seed)
+    detection = detection or invert_classes(suspect, extractor, clips, settings, batch_size=batch_size)
     targets = rank_suspects(detection, thresholds)
     after = (
         invert_classes(defended, extractor, clips, settings, classes=targets, batch_size=batch_size)

@@ -622,8 +622,7 @@ def run_defense(
         reinverted = None
         if reinversion:
             reinverted = reinversion_check(model, defended, extractor,
-                                           validation if validation is not None else clean,
-                                           seed=clean_args.clean_seed)  # fmt: skip
+                                           validation if validation is not None else clean)  # fmt: skip
             reinverted["clips_from"] = (
                 clean_args.validation_split if validation is not None else "clean subset"
             )

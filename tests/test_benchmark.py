@@ -173,3 +173,18 @@ def test_retuning_column_reports_the_asr_after_the_retuning_check(tmp_path):
     table = summarise(rows, config)
     assert "ASR after retuning" in table
     assert f"{100 * retuned['after']['attack_success_rate']:.1f} |" in table.splitlines()[-1]
+
+
+def test_with_the_re_inversion_check_the_rule_prefers_the_least_re_invertible_value(tmp_path):
+    config = BenchmarkConfig(**grid(tmp_path, reinversion=True))
+
+    def row(value, seed, drop, reinverted):
+        return {"model": "m", "trigger": "t", "defense": "ft", "value": value, "seed": seed,
+                "validation_accuracy": {"before": 0.9, "after": 0.9 - drop},
+                "reinversion": {"targets": [0], "max_success_before": 0.9, "max_success_after": reinverted}}  # fmt: skip
+
+    rows = [row(0.01, 0, 0.0, 0.1), row(0.01, 1, 0.0, 0.2), row(0.05, 0, 0.01, 0.6), row(0.05, 1, 0.01, 0.8)]
+    assert choose_cells(rows, config)[("m", "t", "ft")][0] == 0.01  # mean re-inversion 15% against 70%
+    from hf_gnft.benchmark import _reinversion
+
+    assert _reinversion(rows[:2], "max_success_after") == "15.0 ± 7.1"

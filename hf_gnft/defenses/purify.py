@@ -2,7 +2,8 @@
 
 The defender has the suspect and a small clean labelled subset. Purification
 
-1. **detects**: inverts every class from the clean subset ([`hf_gnft.inversion.invert_classes`], the scan's
+1. **detects**: inverts every class from clean clips (the validation split, which the suspect was not trained on,
+   when there is one) ([`hf_gnft.inversion.invert_classes`], the scan's
    additive inversion and a spectral one that can express pitch-shift and filter triggers) and takes the classes
    whose inversion success stands out (gap over the median class above a threshold) for backdoor targets;
 2. **unlearns**: fine-tunes with [`GNFTTrainer`] (GN-FT is the engine) on the clean subset plus copies of clean
@@ -337,8 +338,9 @@ def apply_purify(
     config: PurifyConfig | None = None,
     validation: Dataset | None = None,
 ) -> DefenseOutcome:
-    """Purify a copy of `model` (see the module docs); `model` itself is left unchanged. `validation` is accepted
-    for the common defense interface and not used (the pipeline measures the re-inversion on it).
+    """Purify a copy of `model` (see the module docs); `model` itself is left unchanged. The detection inverts
+    every class on `validation` (held-out clean clips; the clean subset when there is none, or it has one class);
+    the rounds' inversions use the clean subset.
 
     Returns:
         A [`DefenseOutcome`] whose `info` holds the detection (every class's inversion success and each family's
@@ -354,16 +356,26 @@ def apply_purify(
     check_clean_subset(clean, DEFENSE_NAME)
     _check_classes(model, clean)
     defended = copy_model(model)
-    clips = clean
-    if len(clips) > config.purify_inversion_clips:
-        clips = clips.shuffle(seed=config.seed).select(range(config.purify_inversion_clips))
-    detection = invert_classes(defended, extractor, clips, config.detection_settings(),
+
+    def draw(dataset: Dataset) -> Dataset:
+        if len(dataset) > config.purify_inversion_clips:
+            return dataset.shuffle(seed=config.seed).select(range(config.purify_inversion_clips))
+        return dataset
+
+    clips = draw(clean)
+    # Detection prefers held-out clean clips: the suspect was trained on the clean subset's clips and is more
+    # confident on them, which hides its target (measured on a noise-burst suspect: gap 0.42 towards a wrong class
+    # on training-split clips, 0.55 towards the true one on validation clips).
+    held_out = validation is not None and len(validation) > 0 and len(set(validation["label"])) > 1
+    detection_clips = draw(validation) if held_out else clips
+    detection = invert_classes(defended, extractor, detection_clips, config.detection_settings(),
                                batch_size=config.per_device_train_batch_size)  # fmt: skip
     targets = rank_suspects(detection, config.thresholds(), config.purify_max_targets)
     plan = unlearning_plan(detection, targets, config)
     info: dict[str, Any] = {
         "defense": DEFENSE_NAME,
         "detection": detection.describe(),
+        "detection_clips": "validation" if held_out else "clean subset",
         "thresholds": config.thresholds(),
         "targets": targets,
         "plan": [[target, family] for target, family in plan],
