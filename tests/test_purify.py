@@ -301,13 +301,23 @@ def test_the_choice_prefers_the_least_re_invertible_candidate_within_the_validat
 
 def test_each_target_is_unlearned_with_the_families_that_named_it(tmp_path):
     from hf_gnft.defenses.purify import unlearning_plan
+    from hf_gnft.inversion import candidate_classes
 
     detection = ClassInversion(
-        success={}, gap={"additive": 0.3, "spectral": 0.8}, suspected={"additive": 5, "spectral": 0}
+        success={
+            "additive": {0: 0.5, 1: 0.05, 2: 0.1, 5: 0.45},
+            "spectral": {0: 0.9, 1: 0.1, 2: 0.1, 5: 0.1},
+        },
+        gap={},
+        suspected={},
     )
-    flagged = purify_config(tmp_path, purify_max_targets=2)
-    assert unlearning_plan(detection, [0, 5], flagged) == [(0, "spectral"), (5, "additive")]
+    candidates = candidate_classes(detection, {"additive": 0.1346, "spectral": 0.5})
+    assert candidates == {"additive": [0, 5], "spectral": [0]}
+    refined = [{"target": 0, "family": "spectral", "success": 0.95}, {"target": 5, "family": "additive", "success": 0.5},
+               {"target": 0, "family": "additive", "success": 0.4}]  # fmt: skip
+    flagged = purify_config(tmp_path)
+    assert unlearning_plan(refined, [0], flagged) == [(0, "spectral"), (0, "additive")]
     every = purify_config(tmp_path, purify_unlearn="all")
-    assert unlearning_plan(detection, [0], every) == [(0, "additive"), (0, "spectral")]
+    assert unlearning_plan(refined, [0], every) == [(0, "additive"), (0, "spectral")]
     with pytest.raises(ValueError, match="purify_unlearn"):
         purify_config(tmp_path, purify_unlearn="some")
