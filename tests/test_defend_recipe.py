@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from testing_utils import DEFEND_FAST as FAST
 from testing_utils import RECIPE_DATA as DATA
-from testing_utils import RECIPE_FAST as FAST
 from testing_utils import minimal_defense_record
 
 from hf_gnft.data.arguments import CleanDataArguments, CleanDataError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 from local_hub import LocalHub
-from testing_utils import RECIPE_DATA, RECIPE_FAST, minimal_defense_record
+from testing_utils import DEFEND_FAST, RECIPE_DATA, minimal_defense_record
 
 from hf_gnft.hub import CARD_METRICS, HubPushError, build_model_card, hub_files, push_output_dir, redact_local
 
@@ -174,7 +174,7 @@ def test_defend_pushes_through_hf_endpoint_and_never_writes_the_token(recipe_sus
         run = subprocess.run(
             [sys.executable, str(REPO_ROOT / "recipes" / "defend.py"), "--model", str(recipe_suspect),
              "--output_dir", str(out), "--clean_count", "8", "--max_steps", "2", "--logging_steps", "1",
-             "--push_to_hub", "true", "--hub_model_id", "acme/kws-cleaned", *RECIPE_DATA, *RECIPE_FAST],
+             "--push_to_hub", "true", "--hub_model_id", "acme/kws-cleaned", *RECIPE_DATA, *DEFEND_FAST],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

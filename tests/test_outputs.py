@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testing_utils import RECIPE_DATA, RECIPE_FAST, free_port, run_launcher
+from testing_utils import DEFEND_FAST, RECIPE_DATA, RECIPE_FAST, free_port, run_launcher
 
 from hf_gnft.outputs import OutputExistsError, atomic_write_text, partial_dir, staged_output_dir
 
@@ -123,7 +123,8 @@ def test_benchmark_drops_a_last_line_cut_short_by_a_kill(tmp_path):
 def _defend_args(suspect: Path, out: Path, *extra: str) -> list[str]:
     return ["--model", str(suspect), "--output_dir", str(out), "--clean_count", "16", "--num_train_epochs", "2",
             "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "3",
-            "--learning_rate", "0.05", "--disable_tqdm", "true", *RECIPE_DATA, *extra]  # fmt: skip
+            "--learning_rate", "0.05", "--disable_tqdm", "true", "--reinversion_check", "false", *RECIPE_DATA,
+            *extra]  # fmt: skip
 
 
 def _run_defend(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
@@ -174,13 +175,13 @@ def test_defend_and_attack_refuse_to_replace_a_finished_output(recipe_suspect, t
     (out / "model.safetensors").write_text("a finished result")
     with pytest.raises(OutputExistsError, match="already holds a finished result"):
         defend_recipe.main(
-            ["--model", str(recipe_suspect), "--output_dir", str(out), *RECIPE_DATA, *RECIPE_FAST]
+            ["--model", str(recipe_suspect), "--output_dir", str(out), *RECIPE_DATA, *DEFEND_FAST]
         )
     with pytest.raises(OutputExistsError, match="already holds a finished result"):
         attack_recipe.main(["--output_dir", str(out), *RECIPE_DATA, *RECIPE_FAST])
     assert (out / "model.safetensors").read_text() == "a finished result"
     defend_recipe.main(["--model", str(recipe_suspect), "--output_dir", str(out), "--clean_count", "8", "--max_steps",
-                        "1", "--overwrite_output_dir", "true", *RECIPE_DATA, *RECIPE_FAST])  # fmt: skip
+                        "1", "--overwrite_output_dir", "true", *RECIPE_DATA, *DEFEND_FAST])  # fmt: skip
     assert (out / "defense_metrics.json").is_file() and (out / "README.md").is_file()
 
 
@@ -191,7 +192,7 @@ def test_two_process_defense_publishes_one_complete_output(recipe_suspect, tmp_p
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(REPO_ROOT / "recipes" / "defend.py"), "--model", str(recipe_suspect), "--output_dir", str(out),
                "--clean_count", "16", "--max_steps", "2", "--hub_dry_run", "true", "--use_cpu", "true", *RECIPE_DATA,
-               *RECIPE_FAST]  # fmt: skip
+               *DEFEND_FAST]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code, stdout, stderr = run_launcher(command, env, timeout=240)
     assert code == 0, stderr[-4000:]

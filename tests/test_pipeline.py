@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from testing_utils import RECIPE_DATA, RECIPE_FAST
+from testing_utils import DEFEND_FAST, RECIPE_DATA, RECIPE_FAST
 
 from hf_gnft.defenses import DEFENSE_METHODS
 from hf_gnft.models import SuspectNotFoundError
@@ -175,7 +175,7 @@ def test_benchmark_cell_and_defend_give_the_same_numbers(recipe_suspect, tmp_pat
 def test_retuning_check_can_be_switched_off(recipe_suspect, tmp_path):
     record = defend_recipe.main(
         ["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "x"), "--clean_count", "8", "--max_steps",
-         "1", "--retuning_check", "false", *RECIPE_DATA, *RECIPE_FAST]
+         "1", "--retuning_check", "false", *RECIPE_DATA, *DEFEND_FAST]
     )  # fmt: skip
     assert record["retuning"] is None
     assert "Retuning check" not in (tmp_path / "x" / "README.md").read_text()
@@ -215,7 +215,7 @@ def test_a_real_search_run_again_reuses_every_finished_candidate(recipe_suspect,
     argv = ["--defense", "ft", "--model", str(recipe_suspect), "--output_dir", str(tmp_path / "searched"),
             "--clean_count", "8", "--max_steps", "1", "--synthetic_train_size", "160", "--synthetic_validation_size",
             "40", "--synthetic_test_size", "40", "--learning_rate_grid", "1e-6", "1e-5", "--keep_candidates", "true",
-            "--max_validation_drop", "1", *RECIPE_FAST]  # fmt: skip
+            "--max_validation_drop", "1", *DEFEND_FAST]  # fmt: skip
     first = defend_recipe.main(argv)
     assert runs == [1e-6, 1e-5]
     again = defend_recipe.main([*argv, "--overwrite_output_dir", "true"])
