@@ -371,6 +371,18 @@ class ClassInversion:
         }
 
 
+def model_input(model: nn.Module, extractor: Any) -> tuple[dict[str, Any], bool, int]:
+    """How inversion batches meet `model`: `audio_batches` keywords (its device and dtype), whether the extractor
+    normalises each clip, and its sampling rate."""
+    first = next(model.parameters())
+    normalize = bool(getattr(extractor, "do_normalize", True))
+    return (
+        {"device": first.device, "dtype": first.dtype},
+        normalize,
+        int(getattr(extractor, "sampling_rate", 16_000)),
+    )
+
+
 def class_batches(
     clips: Any, extractor: Any, target: int, batch_size: int, *, label_column: str = "label", **batching: Any
 ) -> list[dict]:
@@ -408,10 +420,7 @@ def invert_classes(
         raise InversionError(
             f"trigger inversion needs clean clips of at least 2 classes, got only {sorted(present)}"
         )
-    first = next(model.parameters())
-    batching = {"device": first.device, "dtype": first.dtype}
-    normalize = bool(getattr(extractor, "do_normalize", True))
-    rate = int(getattr(extractor, "sampling_rate", 16_000))
+    batching, normalize, rate = model_input(model, extractor)
     classes = list(range(len(names))) if classes is None else list(classes)
     labels = torch.as_tensor(clips[label_column])
     shifts = None
@@ -571,10 +580,7 @@ def refine_suspects(
     class that is merely easy to reach (a "natural" sink of universal perturbations) stays lower: measured on tiny
     Wav2Vec2 suspects, 0.90–0.99 for the true target against 0.45–0.62 for the wrong classes the detection's gap
     named first."""
-    first = next(model.parameters())
-    batching = {"device": first.device, "dtype": first.dtype}
-    normalize = bool(getattr(extractor, "do_normalize", True))
-    rate = int(getattr(extractor, "sampling_rate", 16_000))
+    batching, normalize, rate = model_input(model, extractor)
     ranked = []
     for family, classes in candidates.items():
         for target in classes:

@@ -44,6 +44,7 @@ from ..inversion import (
     class_batches,
     invert,
     invert_classes,
+    model_input,
     refine_suspects,
 )
 from ..training import AudioClassificationCollator
@@ -395,8 +396,7 @@ def apply_purify(
         trainer = fine_tune(defended, extractor, clean, budget, trainer_class=GNFTTrainer)
         info["fallback"] = "gn-ft"
     else:
-        first = next(defended.parameters())
-        batching = {"device": first.device, "dtype": first.dtype}
+        batching, normalize, rate = model_input(defended, extractor)
         inversion_batches = {
             target: class_batches(clips, extractor, target, config.per_device_train_batch_size, **batching)
             for target in targets
@@ -413,8 +413,8 @@ def apply_purify(
             inversion_batches=inversion_batches,
             settings=config.inversion_settings(),
             rounds=config.purify_rounds,
-            normalize=bool(getattr(extractor, "do_normalize", True)),
-            sampling_rate=int(extractor.sampling_rate),
+            normalize=normalize,
+            sampling_rate=rate,
         )
         info["rounds"] = trainer.round_log
     info["steps"] = trainer.state.global_step
