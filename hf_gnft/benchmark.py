@@ -52,6 +52,10 @@ RETUNED_FILE = "retuned.json"
 BEFORE_FILE = "before.json"
 
 
+class BenchmarkSuspectError(RuntimeError):
+    """A backdoored model the benchmark trained (or found cached) is too weak to defend."""
+
+
 class BenchmarkConfigError(ValueError):
     """The grid file is not a valid benchmark configuration."""
 
@@ -118,6 +122,9 @@ class BenchmarkConfig:
         reinversion: run the re-inversion check (`hf_gnft.inversion.reinversion_check`, clean validation clips
             only) on every defended model; the knob's choice then prefers, within the validation drop, the value
             least easily re-inverted (`hf_gnft.pipeline.choose_candidate`), as `hf-gnft defend` does.
+        min_suspect_accuracy: the clean test accuracy a backdoored model must reach to be defended (0 turns the
+            check off). A suspect whose training failed would make every cell on it meaningless, so the run
+            stops on it and names it; move it aside and the next run trains it again.
     """
 
     output_dir: str = "outputs/benchmark"
@@ -136,6 +143,7 @@ class BenchmarkConfig:
     retuning: bool = False
     retuning_settings: dict[str, Any] = field(default_factory=dict)
     reinversion: bool = False
+    min_suspect_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.defenses:
@@ -166,6 +174,8 @@ class BenchmarkConfig:
             raise BenchmarkConfigError(f"the cost reference {self.reference!r} is not among the defenses")
         if not 0.0 < self.clean_fraction <= 1.0:
             raise BenchmarkConfigError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
+        if not 0.0 <= self.min_suspect_accuracy <= 1.0:
+            raise BenchmarkConfigError(f"min_suspect_accuracy must be in [0, 1], got {self.min_suspect_accuracy}")
         if not self.seeds or not self.models or not self.triggers:
             raise BenchmarkConfigError("models, triggers and seeds must each name at least one")
         unknown = sorted(set(self.data) - {f.name for f in fields(DataArguments)})
@@ -328,13 +338,21 @@ class Benchmark:
         """CA / ASR / RA and clean validation accuracy of the suspect, measured once and cached."""
         path = suspect / BEFORE_FILE
         if path.exists():
-            return json.loads(path.read_text())
-        model, extractor = load_suspect_model(str(suspect))
-        spec, triggered = self.triggered(suspect)
-        metrics = evaluate_backdoor(model, extractor, self.dataset[self.data_args.test_split], triggered,
-                                    spec.target_label)  # fmt: skip
-        record = {**metrics.to_dict(), "validation_accuracy": self._validation_accuracy(model, extractor)}
-        atomic_write_text(path, json.dumps(record, indent=2))
+            record = json.loads(path.read_text())
+        else:
+            model, extractor = load_suspect_model(str(suspect))
+            spec, triggered = self.triggered(suspect)
+            metrics = evaluate_backdoor(model, extractor, self.dataset[self.data_args.test_split], triggered,
+                                        spec.target_label)  # fmt: skip
+            record = {**metrics.to_dict(), "validation_accuracy": self._validation_accuracy(model, extractor)}
+            atomic_write_text(path, json.dumps(record, indent=2))
+        floor = self.config.min_suspect_accuracy
+        if record["clean_accuracy"] < floor:
+            raise BenchmarkSuspectError(
+                f"the backdoored model {suspect} has clean test accuracy {100 * record['clean_accuracy']:.1f}%, "
+                f"below the grid's min_suspect_accuracy {100 * floor:.1f}%: its training failed, and every cell on "
+                f"it would be meaningless. Move {suspect} aside (the next run trains it again) or lower the floor."
+            )
         return record
 
     def retuned(self, model, extractor, suspect: Path, clean, seed: int) -> dict:
@@ -688,6 +706,7 @@ __all__ = [
     "Benchmark",
     "BenchmarkConfig",
     "BenchmarkConfigError",
+    "BenchmarkSuspectError",
     "DefenseEntry",
     "choose_cells",
     "peak_memory",

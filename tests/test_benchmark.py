@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, choose_cells, summarise
+from hf_gnft.benchmark import (
+    Benchmark,
+    BenchmarkConfig,
+    BenchmarkConfigError,
+    BenchmarkSuspectError,
+    choose_cells,
+    summarise,
+)
 from hf_gnft.data.arguments import CleanDataError
 from hf_gnft.scripts import benchmark as benchmark_recipe
 
@@ -108,6 +115,7 @@ def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
         ({"defenses": {"ft": {"settings": {"gn_alfa": 0.5}}}}, "no setting gn_alfa"),
         ({"defenses": {"clp": {}}}, "cost reference 'ft'"),
         ({"clean_fraction": 0.0}, r"\(0, 1\]"),
+        ({"min_suspect_accuracy": 1.5}, r"min_suspect_accuracy must be in \[0, 1\]"),
         ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
         ({"triggers": ["no_such_trigger"]}, "no_such_trigger"),
         ({"defenses": {}}, "no defenses"),
@@ -126,6 +134,19 @@ def test_unknown_top_level_key_is_refused(tmp_path):
     path.write_text(yaml.safe_dump({**grid(tmp_path), "sedes": [0]}))
     with pytest.raises(BenchmarkConfigError, match="unknown keys sedes"):
         BenchmarkConfig.from_yaml(path)
+
+
+def test_a_suspect_below_the_accuracy_floor_stops_the_run_before_any_cell(tmp_path):
+    # One epoch on 160 clips leaves the backdoored model far below 99% clean accuracy: a failed training.
+    path = write_grid(tmp_path, min_suspect_accuracy=0.99)
+    with pytest.raises(BenchmarkSuspectError, match=r"tiny-wav2vec2-noise_burst has clean test accuracy .* below"):
+        benchmark_recipe.main([str(path), "--limit", "1"])
+    assert not (tmp_path / "bench" / "results.jsonl").exists()
+    before = json.loads((tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst" / "before.json").read_text())
+    # The same cached suspect passes a floor below its accuracy: the check reads the cache, nothing is retrained.
+    path = write_grid(tmp_path, min_suspect_accuracy=before["clean_accuracy"] - 1e-9)
+    benchmark_recipe.main([str(path), "--limit", "1"])
+    assert len((tmp_path / "bench" / "results.jsonl").read_text().splitlines()) == 1
 
 
 def test_empty_clean_subset_is_refused(tmp_path):
