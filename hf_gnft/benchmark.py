@@ -175,7 +175,9 @@ class BenchmarkConfig:
         if not 0.0 < self.clean_fraction <= 1.0:
             raise BenchmarkConfigError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
         if not 0.0 <= self.min_suspect_accuracy <= 1.0:
-            raise BenchmarkConfigError(f"min_suspect_accuracy must be in [0, 1], got {self.min_suspect_accuracy}")
+            raise BenchmarkConfigError(
+                f"min_suspect_accuracy must be in [0, 1], got {self.min_suspect_accuracy}"
+            )
         if not self.seeds or not self.models or not self.triggers:
             raise BenchmarkConfigError("models, triggers and seeds must each name at least one")
         unknown = sorted(set(self.data) - {f.name for f in fields(DataArguments)})

@@ -139,10 +139,14 @@ def test_unknown_top_level_key_is_refused(tmp_path):
 def test_a_suspect_below_the_accuracy_floor_stops_the_run_before_any_cell(tmp_path):
     # One epoch on 160 clips leaves the backdoored model far below 99% clean accuracy: a failed training.
     path = write_grid(tmp_path, min_suspect_accuracy=0.99)
-    with pytest.raises(BenchmarkSuspectError, match=r"tiny-wav2vec2-noise_burst has clean test accuracy .* below"):
+    with pytest.raises(
+        BenchmarkSuspectError, match=r"tiny-wav2vec2-noise_burst has clean test accuracy .* below"
+    ):
         benchmark_recipe.main([str(path), "--limit", "1"])
     assert not (tmp_path / "bench" / "results.jsonl").exists()
-    before = json.loads((tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst" / "before.json").read_text())
+    before = json.loads(
+        (tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst" / "before.json").read_text()
+    )
     # The same cached suspect passes a floor below its accuracy: the check reads the cache, nothing is retrained.
     path = write_grid(tmp_path, min_suspect_accuracy=before["clean_accuracy"] - 1e-9)
     benchmark_recipe.main([str(path), "--limit", "1"])
