@@ -48,6 +48,8 @@ from .triggers import trigger_from_config
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
+#: the `trigger` of the cells on a model trained on the same data without poisoning (`clean_models: true`)
+CLEAN = "clean"
 RETUNED_FILE = "retuned.json"
 BEFORE_FILE = "before.json"
 
@@ -122,6 +124,9 @@ class BenchmarkConfig:
         reinversion: run the re-inversion check (`hf_gnft.inversion.reinversion_check`, clean validation clips
             only) on every defended model; the knob's choice then prefers, within the validation drop, the value
             least easily re-inverted (`hf_gnft.pipeline.choose_candidate`), as `hf-gnft defend` does.
+        clean_models: also run every defense on each model trained on the same data without poisoning (trigger
+            name `"clean"` in the results; 3 seeds like the rest): what a defense costs a model that had no
+            backdoor, reported in a table of its own (CA and validation accuracy before and after).
         min_suspect_accuracy: the clean test accuracy a backdoored model must reach to be defended (0 turns the
             check off). A suspect whose training failed would make every cell on it meaningless, so the run
             stops on it and names it; move it aside and the next run trains it again.
@@ -143,6 +148,7 @@ class BenchmarkConfig:
     retuning: bool = False
     retuning_settings: dict[str, Any] = field(default_factory=dict)
     reinversion: bool = False
+    clean_models: bool = False
     min_suspect_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
@@ -192,6 +198,10 @@ class BenchmarkConfig:
         if unknown:
             raise BenchmarkConfigError(f"attack_training: unknown keys {', '.join(unknown)}")
         for trigger in self.triggers:
+            if trigger == CLEAN:
+                raise BenchmarkConfigError(
+                    f"{CLEAN!r} is not a trigger: set `clean_models: true` to defend models trained without one"
+                )
             trigger_from_config(trigger)  # unknown trigger names fail before any training
 
     @classmethod
@@ -291,8 +301,9 @@ class Benchmark:
     def cells(self) -> list[tuple[str, Any, str, float, int]]:
         """Every (model, trigger, defense, knob value, seed) of the grid, in run order."""
         out = []
+        triggers = [*self.config.triggers, *([CLEAN] if self.config.clean_models else [])]
         for model in self.config.models:
-            for trigger in self.config.triggers:
+            for trigger in triggers:
                 for name, entry in self.config.defenses.items():
                     seeds = self.config.seeds if entry.defense.uses_data else self.config.seeds[:1]
                     for value in entry.grid:
@@ -310,11 +321,17 @@ class Benchmark:
         """The backdoored model for (model, trigger): trained once, then read from the cache."""
         path = self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}"
         if not (path / METRICS_FILE).exists():
-            logger.info("Training the backdoored %s (%s)", model, trigger_name(trigger))
-            print(f"training the backdoored {model} ({trigger_name(trigger)}) ...", flush=True)
+            kind = "clean" if trigger == CLEAN else "backdoored"
+            logger.info("Training the %s %s (%s)", kind, model, trigger_name(trigger))
+            print(f"training the {kind} {model} ({trigger_name(trigger)}) ...", flush=True)
+            attack = (
+                None
+                if trigger == CLEAN
+                else AttackArguments(trigger=trigger_from_config(trigger).to_dict(), **self.config.attack)
+            )
             run_attack(
                 self.data_args,
-                AttackArguments(trigger=trigger_from_config(trigger).to_dict(), **self.config.attack),
+                attack,
                 ModelArguments(model=model),
                 KeywordTrainingArguments(
                     **{
@@ -329,6 +346,9 @@ class Benchmark:
         return path
 
     def triggered(self, suspect: Path):
+        """The suspect's attack spec and triggered test set; `(None, None)` for a model trained without poisoning."""
+        if not (suspect / ATTACK_SPEC_FILE).exists():
+            return None, None
         spec = AttackSpec.from_json(str(suspect / ATTACK_SPEC_FILE))
         name = suspect.name
         if name not in self._triggered:
@@ -345,7 +365,7 @@ class Benchmark:
             model, extractor = load_suspect_model(str(suspect))
             spec, triggered = self.triggered(suspect)
             metrics = evaluate_backdoor(model, extractor, self.dataset[self.data_args.test_split], triggered,
-                                        spec.target_label)  # fmt: skip
+                                        spec.target_label if spec else None)  # fmt: skip
             record = {**metrics.to_dict(), "validation_accuracy": self._validation_accuracy(model, extractor)}
             atomic_write_text(path, json.dumps(record, indent=2))
         floor = self.config.min_suspect_accuracy
@@ -421,12 +441,12 @@ class Benchmark:
                     method, model, extractor, clean, config, self.dataset["validation"]
                 )
         after = evaluate_backdoor(outcome.model, extractor, self.dataset[self.data_args.test_split], triggered,
-                                  spec.target_label)  # fmt: skip
+                                  spec.target_label if spec else None)  # fmt: skip
         before_metrics = BackdoorMetrics(**{k: before[k] for k in ("clean_accuracy", "attack_success_rate",
                                                                    "robust_accuracy", "num_clean", "num_triggered")})  # fmt: skip
         settings.pop("output_dir", None)
         retuned = None
-        if self.config.retuning:
+        if self.config.retuning and spec is not None:  # a clean model has no trigger to retune with
             retuned = {
                 "before": self.retuned_suspect(suspect, clean, seed),
                 "after": self.retuned(outcome.model, extractor, suspect, clean, seed),
@@ -444,7 +464,7 @@ class Benchmark:
             "seed": seed,
             "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")},
             "after": {k: v for k, v in after.to_dict().items() if not k.startswith("num_")},
-            "der": after.der_against(before_metrics),
+            "der": after.der_against(before_metrics) if spec is not None else None,
             "validation_accuracy": {
                 "before": before["validation_accuracy"],
                 "after": self._validation_accuracy(outcome.model, extractor),
@@ -479,10 +499,12 @@ class Benchmark:
                 handle.flush()
                 os.fsync(handle.fileno())
             rows.append(row)
+            asr = row["after"]["attack_success_rate"]
             print(
                 f"[{total - len(todo) + index}/{total}] {row['model']} {row['trigger']} {row['defense']} "
-                f"{row['knob']}={row['value']:g} seed {row['seed']}: CA {100 * row['after']['clean_accuracy']:.1f} "
-                f"ASR {100 * row['after']['attack_success_rate']:.1f} ({time.perf_counter() - started:.0f} s)",
+                f"{row['knob']}={row['value']:g} seed {row['seed']}: CA {100 * row['after']['clean_accuracy']:.1f}"
+                + (f" ASR {100 * asr:.1f}" if asr is not None else "")
+                + f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
         return rows
@@ -577,7 +599,7 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
         "| memory × |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    suspects = sorted({(r["model"], r["trigger"]) for r in rows})
+    suspects = sorted({(r["model"], r["trigger"]) for r in rows if r["trigger"] != CLEAN})
     for model, trigger in suspects:
         before = next(r["before"] for r in rows if (r["model"], r["trigger"]) == (model, trigger))
         suspect_rows = [
@@ -608,7 +630,43 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 f"| {statistics.mean(r['der'] for r in runs):.3f} | {_retuned_asr(runs, 'after')} "
                 f"| {_reinversion(runs, 'max_success_after')} | {time_ratio} | {memory_ratio} |"
             )
+    if any(r["trigger"] == CLEAN for r in rows):
+        lines += ["", *_clean_model_table(rows, config, chosen, reference)]
     return "\n".join(lines)
+
+
+def _clean_model_table(
+    rows: list[dict], config: BenchmarkConfig, chosen: dict[tuple, tuple[float, list[dict]]], reference: dict
+) -> list[str]:
+    """The `clean_models` table: what each defense, at the knob the same rule chooses, costs a model trained
+    without poisoning."""
+    lines = [
+        "Clean models (the same data and training without poisoning): each defense at the knob value the same rule "
+        "chooses; CA on the test split before and after, its drop, and the clean validation drop, in points "
+        "(mean ± std over seeds). Re-inversion: as above (empty: no class stood out in the model's inversion).",
+        "",
+        "| model | defense | knob | CA before | CA after | CA drop | validation drop | re-inversion | time × |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
+        for defense in config.defenses:
+            key = (model, CLEAN, defense)
+            if key not in chosen:
+                if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
+                    lines.append(f"| {model} | {defense} | — | | | | | | |")
+                continue
+            value, runs = chosen[key]
+            before = runs[0]["before"]["clean_accuracy"]
+            drops = [before - r["after"]["clean_accuracy"] for r in runs]
+            ref_time = reference.get((model, CLEAN), (None, None))[0]
+            seconds = statistics.mean(r["seconds"] for r in runs)
+            lines.append(
+                f"| {model} | {defense} | {runs[0]['knob']}={value:g} | {100 * before:.1f} "
+                f"| {_pct([r['after']['clean_accuracy'] for r in runs])} | {_pct(drops)} "
+                f"| {_pct([validation_drop(r) for r in runs])} | {_reinversion(runs, 'max_success_after')} "
+                f"| {f'{seconds / ref_time:.2g}' if ref_time else ''} |"
+            )
+    return lines
 
 
 def decorate_ca_asr_axis(axis: Any, title: str, clean_accuracy_before: float, target_asr: float) -> None:
@@ -630,6 +688,7 @@ def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["trigger"] != CLEAN]  # a model without a backdoor has no ASR to plot
     suspects = sorted({(r["model"], r["trigger"]) for r in rows})
     defenses = [d for d in config.defenses if any(r["defense"] == d for r in rows)]
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(defenses)}
@@ -698,7 +757,7 @@ def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, c
         f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
         f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n",
     )
-    if rows:
+    if any(r["trigger"] != CLEAN for r in rows):
         plot(rows, config, output_dir)
     return table
 
@@ -709,6 +768,7 @@ __all__ = [
     "BenchmarkConfig",
     "BenchmarkConfigError",
     "BenchmarkSuspectError",
+    "CLEAN",
     "DefenseEntry",
     "choose_cells",
     "peak_memory",

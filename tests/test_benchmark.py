@@ -15,6 +15,7 @@ from hf_gnft.benchmark import (
     BenchmarkSuspectError,
     choose_cells,
     summarise,
+    write_reports,
 )
 from hf_gnft.data.arguments import CleanDataError
 from hf_gnft.scripts import benchmark as benchmark_recipe
@@ -213,3 +214,29 @@ def test_with_the_re_inversion_check_the_rule_prefers_the_least_re_invertible_va
     from hf_gnft.benchmark import _reinversion
 
     assert _reinversion(rows[:2], "max_success_after") == "15.0 ± 7.1"
+
+
+def test_clean_models_run_every_defense_on_an_unpoisoned_twin_and_report_its_cost(tmp_path):
+    config = BenchmarkConfig(**grid(tmp_path, seeds=[0], retuning=True, clean_models=True, max_validation_drop=1.0,
+                                    defenses={"ft": {"grid": [0.05], "settings": {"max_steps": 2}}}))  # fmt: skip
+    benchmark = Benchmark(config)
+    assert [cell[1] for cell in benchmark.cells()] == ["noise_burst", "clean"]
+    rows = benchmark.run()
+    clean = next(r for r in rows if r["trigger"] == "clean")
+    twin = tmp_path / "bench" / "suspects" / "tiny-wav2vec2-clean"
+    assert (twin / "model.safetensors").is_file() and not (twin / "attack_spec.json").exists()
+    assert clean["before"]["attack_success_rate"] is None and clean["after"]["attack_success_rate"] is None
+    assert clean["der"] is None and clean["retuned"] is None  # no trigger to measure or to retune with
+    table = summarise(rows, config)
+    main, clean_table = table.split("Clean models", 1)
+    assert "| clean |" not in main  # the backdoor table holds the attacked suspects only
+    drop = 100 * (clean["before"]["clean_accuracy"] - clean["after"]["clean_accuracy"])
+    line = next(line for line in clean_table.splitlines() if line.startswith("| tiny-wav2vec2 | ft |"))
+    assert f"| {100 * clean['before']['clean_accuracy']:.1f} |" in line and f"| {drop:.1f} |" in line
+    write_reports(rows, config, tmp_path / "bench", "test")  # the plots skip the clean model
+    assert (tmp_path / "bench" / "ca_vs_asr.png").stat().st_size > 0
+
+
+def test_clean_is_not_a_trigger_name(tmp_path):
+    with pytest.raises(BenchmarkConfigError, match="clean_models: true"):
+        BenchmarkConfig(**grid(tmp_path, triggers=["noise_burst", "clean"]))
