@@ -8,11 +8,16 @@ Two families of transform, both on the model's input (the feature extractor's no
 
 * `"additive"`: one additive perturbation within an L2 ball of radius `budget · sqrt(length)` (at 0.01, −40 dB
   of a unit-variance clip's energy), found by normalised-gradient steps (a trigger inversion in the spirit of
-  Neural Cleanse). It can express a sound added to the clip (a noise burst, a tone).
+  Neural Cleanse). It can express a sound added to the clip (a noise burst, a tone). On a model that takes
+  feature maps (`input_features`, e.g. the MFCC networks of `hf_gnft.mfcc_models`) the perturbation is one map
+  added to every clip's, within `budget · sqrt(size) · rms` (rms: the first batch's root mean square feature),
+  which can express a patch of the map (BadNets on MFCCs) and, on log-mel or cepstral features, a fixed filter
+  (a gain per band adds a constant to every frame).
 * `"spectral"`: a pitch shift by a whole number of semitones (searched over a grid, [`hf_gnft.effects.
   pitch_shift`]) followed by a learned filter, one gain per STFT bin within `±max_gain_db`, and the clip's
   normalisation again. It can express triggers that are not a sound added to the clip: a pitch shift (PBSM,
-  JingleBack's +10 semitones) and an equaliser-like colouring (a high-pass, a phaser's notches).
+  JingleBack's +10 semitones) and an equaliser-like colouring (a high-pass, a phaser's notches). It needs the
+  waveform: models that take feature maps are inverted with the additive family only ([`supported_families`]).
 
 Every inversion optimises on the first batch of the clips it is given and reports its success (the fraction of
 clips sent to the class) on the others (on the first when there is only one), so a transform that merely
@@ -87,6 +92,19 @@ def check_inversion_settings(
             raise InversionError(f"an inversion family is named twice: {list(families)}")
 
 
+def input_name(model: nn.Module) -> str:
+    """The model's main input: `"input_values"` (a waveform) or `"input_features"` (a feature map)."""
+    return getattr(model, "main_input_name", "input_values") or "input_values"
+
+
+def supported_families(model: nn.Module, families: Sequence[str] = FAMILIES) -> list[str]:
+    """The families of `families` that can invert `model`: every one on a waveform model, the additive one alone on
+    a model that takes feature maps (a pitch shift and a filter act on the waveform)."""
+    if input_name(model) == "input_values":
+        return list(families)
+    return [family for family in families if family == "additive"]
+
+
 def normalise(inputs: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per clip: what the Wav2Vec2 feature extractor does (`do_normalize`)."""
     mean = inputs.mean(dim=-1, keepdim=True)
@@ -142,9 +160,11 @@ class InvertedTrigger:
 
     def apply(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs` (batch, length) carrying the trigger. An additive perturbation shorter than the clips leaves
-        their tail as it is; a longer one is cut to their length."""
+        their tail as it is; a longer one is cut to their length. A feature-map perturbation is added as it is."""
         if self.family == "additive":
             delta = self.delta.to(device=inputs.device, dtype=inputs.dtype)
+            if delta.dim() > 1:  # a feature map: the maps have one fixed size
+                return inputs + delta
             length = inputs.shape[-1]
             if delta.shape[-1] >= length:
                 return inputs + delta[:length]
@@ -168,11 +188,11 @@ class InvertedTrigger:
 @torch.no_grad()
 def trigger_success(model: nn.Module, batches: Sequence[dict], trigger: InvertedTrigger) -> float:
     """The fraction of the clips of `batches` that `trigger` sends to its target."""
-    hits, count = 0, 0
+    hits, count, name = 0, 0, input_name(model)
     for batch in batches:
-        logits = model(input_values=trigger.apply(batch["input_values"])).logits
+        logits = model(**{name: trigger.apply(batch[name])}).logits
         hits += int((logits.argmax(-1) == trigger.target).sum())
-        count += batch["input_values"].shape[0]
+        count += batch[name].shape[0]
     return hits / max(count, 1)
 
 
@@ -182,15 +202,23 @@ def invert_additive(
     """Optimise one additive perturbation of the (normalised) input, shared by every clip, within an L2 ball of
     radius `budget · sqrt(length)`, to send the first batch's clips to `target` (`steps` normalised-gradient steps
     of a quarter of the radius); its success is measured on the other batches (on the first, if there is only
-    one). The scan's `universal_perturbation_gap` is built on this."""
+    one). The scan's `universal_perturbation_gap` is built on this. On a model that takes feature maps the
+    perturbation is one map and the radius `budget · sqrt(size) · rms` (rms: the batch's root mean square
+    feature)."""
     train, held_out = batches[0], list(batches[1:]) or list(batches[:1])
-    inputs = train["input_values"]
-    radius = budget * math.sqrt(inputs.shape[-1])
-    delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    name = input_name(model)
+    inputs = train[name]
+    if name == "input_values":
+        radius = budget * math.sqrt(inputs.shape[-1])
+        delta = torch.zeros(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    else:
+        scale = float(inputs.detach().double().pow(2).mean().sqrt().clamp_min(1e-12))
+        radius = budget * math.sqrt(inputs[0].numel()) * scale
+        delta = torch.zeros(inputs.shape[1:], dtype=inputs.dtype, device=inputs.device)
     labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(input_values=inputs + delta).logits.float(), labels)
+        loss = F.cross_entropy(model(**{name: inputs + delta}).logits.float(), labels)
         (grad,) = torch.autograd.grad(loss, [delta])
         with torch.no_grad():
             delta = delta - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
@@ -319,6 +347,11 @@ def invert(
 ) -> InvertedTrigger:
     """One family's inversion towards `target` from `batches` (other-class clips; see [`invert_additive`] and
     [`invert_spectral`]). The model is put in eval mode for it and its mode restored."""
+    if family not in supported_families(model):
+        raise InversionError(
+            f"the {family} family acts on the waveform, and this model takes {input_name(model)}: use "
+            f"{supported_families(model)}"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -406,7 +439,7 @@ def invert_classes(
     label_column: str = "label",
 ) -> ClassInversion:
     """Invert every class of `classes` (default: every class of the clips' label feature) with every family of
-    `settings`, from the clean labelled dataset `clips`.
+    `settings` that can invert the model ([`supported_families`]), from the clean labelled dataset `clips`.
 
     Raises:
         InversionError: fewer than 2 classes in the label space, or fewer than 2 labels present in the clips (an
@@ -423,8 +456,12 @@ def invert_classes(
     batching, normalize, rate = model_input(model, extractor)
     classes = list(range(len(names))) if classes is None else list(classes)
     labels = torch.as_tensor(clips[label_column])
+    families = supported_families(model, settings.families)
+    if not families:
+        raise InversionError(f"none of the families {settings.families} can invert a model that takes "
+                             f"{input_name(model)}: use {supported_families(model)}")  # fmt: skip
     shifts = None
-    if "spectral" in settings.families:  # every clip's prediction at every shift, once for all classes
+    if "spectral" in families:  # every clip's prediction at every shift, once for all classes
         was_training = model.training
         model.eval()
         try:
@@ -434,15 +471,15 @@ def invert_classes(
             shifts = {semitones: predicted.cpu() for semitones, predicted in predictions.items()}
         finally:
             model.train(was_training)
-    success: dict[str, dict[int, float]] = {family: {} for family in settings.families}
-    triggers: dict[str, dict[int, InvertedTrigger]] = {family: {} for family in settings.families}
+    success: dict[str, dict[int, float]] = {family: {} for family in families}
+    triggers: dict[str, dict[int, InvertedTrigger]] = {family: {} for family in families}
     for target in classes:
         batches = class_batches(clips, extractor, target, batch_size, label_column=label_column, **batching)
         if not batches:
             continue
         others = torch.nonzero(labels != target).flatten()
         train_rows, held_rows = others[:batch_size], others[batch_size:]
-        for family in settings.families:
+        for family in families:
             semitones = best_shift(shifts, train_rows, target) if family == "spectral" else None
             if family == "spectral" and settings.spectral_filter_steps == 0:
                 rows = held_rows if held_rows.numel() else train_rows  # the pitch shift alone: no model call
@@ -579,7 +616,12 @@ def refine_suspects(
     rank them by success, highest first. A backdoor's target is reached almost always at such a budget, while a
     class that is merely easy to reach (a "natural" sink of universal perturbations) stays lower: measured on tiny
     Wav2Vec2 suspects, 0.90–0.99 for the true target against 0.45–0.62 for the wrong classes the detection's gap
-    named first."""
+    named first.
+
+    Returns:
+        One row per (class, family): `target`, `family`, `success` and `trigger` (the [`InvertedTrigger`]), most
+        successful first.
+    """
     batching, normalize, rate = model_input(model, extractor)
     ranked = []
     for family, classes in candidates.items():
@@ -590,5 +632,7 @@ def refine_suspects(
             trigger = invert(
                 model, batches, target, family, settings, normalize=normalize, sampling_rate=rate
             )
-            ranked.append({"target": target, "family": family, "success": trigger.success})
+            ranked.append(
+                {"target": target, "family": family, "success": trigger.success, "trigger": trigger}
+            )
     return sorted(ranked, key=lambda row: -row["success"])

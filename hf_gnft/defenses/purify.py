@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +43,12 @@ from ..inversion import (
     candidate_classes,
     check_inversion_settings,
     class_batches,
+    input_name,
     invert,
     invert_classes,
     model_input,
     refine_suspects,
+    supported_families,
 )
 from ..training import AudioClassificationCollator
 from .base import DefenseInputError, DefenseOutcome, check_clean_subset, copy_model, fine_tune
@@ -210,13 +213,18 @@ class PurifyConfig(DefenseConfig):
 
 
 def unlearning_plan(
-    refined: list[dict[str, Any]], targets: list[int], config: PurifyConfig
+    refined: list[dict[str, Any]],
+    targets: list[int],
+    config: PurifyConfig,
+    families: list[str] | None = None,
 ) -> list[tuple[int, str]]:
     """The (target, family) pairs each round inverts and unlearns: with `purify_unlearn="flagged"`, each chosen
     target with the families whose detection named it a candidate (a pitch-shift trigger is not unlearned as a
-    noise, nor a noise as a pitch shift); with `"all"`, every family for every target."""
+    noise, nor a noise as a pitch shift); with `"all"`, every family (of `families`, default
+    `purify_families`: those that can invert the model) for every target."""
     if config.purify_unlearn == "all":
-        return [(target, family) for target in targets for family in config.purify_families]
+        families = config.purify_families if families is None else families
+        return [(target, family) for target in targets for family in families]
     return [(row["target"], row["family"]) for row in refined if row["target"] in targets]
 
 
@@ -244,6 +252,8 @@ class PurifyTrainer(GNFTTrainer):
         rounds: the number of rounds.
         normalize: whether the model's input is normalised per clip.
         sampling_rate: the input's sampling rate.
+        initial_triggers: (target, family) -> a trigger already inverted against the model as it is at step 0 with
+            `settings` (the detection's refinement), used for the first round instead of inverting it again.
     """
 
     def __init__(
@@ -255,9 +265,11 @@ class PurifyTrainer(GNFTTrainer):
         rounds: int,
         normalize: bool = True,
         sampling_rate: int = 16_000,
+        initial_triggers: dict[tuple[int, str], InvertedTrigger] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.initial_triggers = dict(initial_triggers or {})
         self.plan = list(plan)
         self.inversion_batches = inversion_batches
         self.inversion_settings = settings
@@ -273,11 +285,15 @@ class PurifyTrainer(GNFTTrainer):
         return min(self.rounds - 1, step * self.rounds // max(self.state.max_steps, 1))
 
     def reinvert(self, round_index: int) -> None:
-        """Invert every suspected target with every family against the current model."""
+        """Invert every suspected target with every family against the current model (at step 0, take the
+        `initial_triggers` there are: the model has not changed since they were inverted)."""
+        started = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
+        reuse = self.initial_triggers if self.state.global_step == 0 else {}
         self.triggers = [
-            invert(model, self.inversion_batches[target], target, family, self.inversion_settings,
-                   normalize=self.normalize, sampling_rate=self.sampling_rate)
+            reuse[(target, family)] if (target, family) in reuse
+            else invert(model, self.inversion_batches[target], target, family, self.inversion_settings,
+                        normalize=self.normalize, sampling_rate=self.sampling_rate)
             for target, family in self.plan
         ]  # fmt: skip
         self.current_round = round_index
@@ -286,6 +302,8 @@ class PurifyTrainer(GNFTTrainer):
                 "round": round_index,
                 "step": self.state.global_step,
                 "triggers": [t.describe() for t in self.triggers],
+                "reused": sum((target, family) in reuse for target, family in self.plan),
+                "seconds": round(time.perf_counter() - started, 2),
             }
         )
         logger.info(
@@ -300,13 +318,14 @@ class PurifyTrainer(GNFTTrainer):
         if round_index != self.current_round:
             self.reinvert(round_index)
         marked = marks >= 0
+        name = input_name(self.accelerator.unwrap_model(model))
         if bool(marked.any()):
-            values = inputs["input_values"].clone()
+            values = inputs[name].clone()
             for position, trigger in enumerate(self.triggers):
                 rows = (marked & (marks % len(self.triggers) == position)).to(values.device)
                 if bool(rows.any()):
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
-            inputs = {**inputs, "input_values": values}
+            inputs = {**inputs, name: values}
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -345,8 +364,9 @@ def apply_purify(
 
     Returns:
         A [`DefenseOutcome`] whose `info` holds the detection (every class's inversion success and each family's
-        gap), the suspected targets, each round's inverted triggers, the steps and the training log; `fallback`
-        is `"gn-ft"` when no class was suspected.
+        gap), the suspected targets, each round's inverted triggers, the steps, the training log and the wall
+        time of each part (`seconds`: detection, refinement, training, and the rounds' inversions within it);
+        `fallback` is `"gn-ft"` when no class was suspected.
 
     Raises:
         DefenseInputError: the clean subset is empty or has one class, or the model has one class.
@@ -369,20 +389,23 @@ def apply_purify(
     # on training-split clips, 0.55 towards the true one on validation clips).
     held_out = validation is not None and len(validation) > 0 and len(set(validation["label"])) > 1
     detection_clips = draw(validation) if held_out else clips
+    started = time.perf_counter()
     detection = invert_classes(defended, extractor, detection_clips, config.detection_settings(),
                                batch_size=config.per_device_train_batch_size)  # fmt: skip
     candidates = candidate_classes(detection, config.thresholds(), config.purify_candidates)
+    detected = time.perf_counter()
     refined = refine_suspects(defended, extractor, detection_clips, candidates, config.inversion_settings(),
                               batch_size=config.per_device_train_batch_size)  # fmt: skip
+    seconds = {"detection": detected - started, "refinement": time.perf_counter() - detected}
     targets = list(dict.fromkeys(row["target"] for row in refined))[: config.purify_max_targets]
-    plan = unlearning_plan(refined, targets, config)
+    plan = unlearning_plan(refined, targets, config, supported_families(defended, config.purify_families))
     info: dict[str, Any] = {
         "defense": DEFENSE_NAME,
         "detection": detection.describe(),
         "detection_clips": "validation" if held_out else "clean subset",
         "thresholds": config.thresholds(),
         "candidates": candidates,
-        "refined": refined,
+        "refined": [{k: v for k, v in row.items() if k != "trigger"} for row in refined],
         "targets": targets,
         "plan": [[target, family] for target, family in plan],
         "target_names": [model.config.id2label[t] for t in targets] if hasattr(model, "config") else targets,
@@ -415,8 +438,13 @@ def apply_purify(
             rounds=config.purify_rounds,
             normalize=normalize,
             sampling_rate=rate,
+            # the refinement inverted the targets at the rounds' settings against the unchanged model: round 0
+            initial_triggers={(row["target"], row["family"]): row["trigger"] for row in refined},
         )
         info["rounds"] = trainer.round_log
+    seconds["training"] = time.perf_counter() - started - seconds["detection"] - seconds["refinement"]
+    seconds["round_inversions"] = sum(entry.get("seconds", 0.0) for entry in info.get("rounds", []))
+    info["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
     info["steps"] = trainer.state.global_step
     info["log_history"] = list(trainer.state.log_history)
     defended.eval()
