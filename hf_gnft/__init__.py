@@ -60,6 +60,12 @@ from .metrics import (
     make_compute_metrics,
     robust_accuracy,
 )
+from .mfcc_models import (
+    MFCC_FAMILIES,
+    MFCCClassifierConfig,
+    MFCCClassifierForAudioClassification,
+    MFCCFeatureExtractor,
+)
 from .models import (
     TINY_MODELS,
     CheckpointProvenance,
@@ -139,6 +145,10 @@ __all__ = [
     "FTSAMConfig",
     "FinePruningConfig",
     "GNFTConfig",
+    "MFCC_FAMILIES",
+    "MFCCClassifierConfig",
+    "MFCCClassifierForAudioClassification",
+    "MFCCFeatureExtractor",
     "GNFTTrainer",
     "HubPushError",
     "KEYWORDS",

@@ -91,8 +91,10 @@ class ModelArguments:
     """The model to backdoor.
 
     Args:
-        model: a named tiny config ("tiny-wav2vec2", "tiny-hubert"), a config JSON file, or a pretrained
-            checkpoint (local folder or Hub id) for `AutoModelForAudioClassification` (safetensors only).
+        model: a named config (`hf_gnft.models.TINY_MODELS`: "tiny-wav2vec2", "tiny-hubert", "tiny-wavlm",
+            "tiny-data2vec-audio", and the paper's MFCC networks "smallcnn", "largecnn", "smalllstm",
+            "lstmwithattention", "rnn", "resnet"), a config JSON file, or a pretrained checkpoint (local folder or Hub
+            id) for `AutoModelForAudioClassification` (safetensors only).
         model_revision: Hub revision of a checkpoint.
         freeze_feature_encoder: freeze the convolutional feature encoder of a pretrained checkpoint.
         trust_remote_code: run code shipped with a checkpoint (off unless asked for).
@@ -102,7 +104,8 @@ class ModelArguments:
     model: str = field(
         default="tiny-wav2vec2",
         metadata={
-            "help": "A named tiny config ('tiny-wav2vec2', 'tiny-hubert'), a config JSON file, or a "
+            "help": "A named config (tiny-wav2vec2, tiny-hubert, tiny-wavlm, tiny-data2vec-audio; the paper's MFCC "
+            "networks smallcnn, largecnn, smalllstm, lstmwithattention, rnn, resnet), a config JSON file, or a "
             "pretrained checkpoint (local folder or Hub id) for AutoModelForAudioClassification "
             "(safetensors only)."
         },

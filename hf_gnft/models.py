@@ -19,16 +19,19 @@ from transformers import (
 )
 
 from .audio import DEFAULT_SAMPLING_RATE
+from .mfcc_models import MFCCClassifierConfig, MFCCFeatureExtractor
 
 logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
-#: Named configs shipped with the package: random-init models small enough for 2 CPU cores.
+#: Named configs shipped with the package, built with random weights: tiny speech transformers small enough for 2
+#: CPU cores ("tiny-wav2vec2", "tiny-hubert", "tiny-wavlm", "tiny-data2vec-audio") and the GN-FT paper's MFCC
+#: networks at the authors' sizes ("smallcnn", "largecnn", "smalllstm", "lstmwithattention", "rnn", "resnet").
 TINY_MODELS = {path.stem: path for path in sorted(_CONFIG_DIR.glob("*.json"))}
 
 
 def load_model_config(name_or_path: str) -> dict:
-    """The config dict of a named tiny model ("tiny-wav2vec2", "tiny-hubert") or of a JSON file."""
+    """The config dict of a named model (`TINY_MODELS`) or of a JSON file."""
     path = TINY_MODELS.get(name_or_path, Path(name_or_path))
     if not path.is_file():
         raise ValueError(f"no model config {name_or_path!r}; the named ones are {sorted(TINY_MODELS)}")
@@ -278,6 +281,14 @@ def build_model(
     if model in TINY_MODELS or model.endswith(".json"):
         values = load_model_config(model)
         config: PretrainedConfig = AutoConfig.for_model(**{**values, **_label_maps(label_names)})
+        if isinstance(config, MFCCClassifierConfig):
+            network = AutoModelForAudioClassification.from_config(config)
+            extractor = MFCCFeatureExtractor(
+                feature_size=config.num_mfcc,
+                sampling_rate=DEFAULT_SAMPLING_RATE,
+                num_samples=(config.num_frames - 1) * 160,  # centred 10 ms frames: 101 frames for 1 s
+            )
+            return network, extractor
         network = AutoModelForAudioClassification.from_config(config, attn_implementation=attn_implementation)
         extractor = Wav2Vec2FeatureExtractor(
             feature_size=1,
@@ -287,6 +298,11 @@ def build_model(
             return_attention_mask=False,
         )
         return network, extractor
+    if "/" not in model and not _looks_like_a_path(model) and not Path(model).exists():
+        raise ValueError(
+            f"unknown model {model!r}: not a named model ({', '.join(sorted(TINY_MODELS))}), a config JSON file, a "
+            "local checkpoint folder or a Hub id (owner/name)"
+        )
     network, extractor = load_suspect_model(
         model,
         revision=revision,

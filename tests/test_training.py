@@ -49,7 +49,8 @@ def test_tiny_models_build_from_packaged_configs(model_name):
     model, extractor = build_model(model_name, LABELS)
     assert model.config.num_labels == 4 and model.config.id2label[0] == "yes"
     assert extractor.sampling_rate == 16_000
-    assert sum(p.numel() for p in model.parameters()) < 300_000
+    if model_name.startswith("tiny-"):  # the paper's MFCC networks keep the authors' sizes (up to 12M)
+        assert sum(p.numel() for p in model.parameters()) < 300_000
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
