@@ -610,17 +610,14 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | "
             f"| {_retuned_asr(suspect_rows, 'before')} | {_reinversion(suspect_rows, 'max_success_before')} | | |"
         )
-        for defense in config.defenses:
-            key = (model, trigger, defense)
-            if key not in chosen:
-                if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
-                    lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | | |")
+        for defense, choice in _choices(rows, chosen, config, model, trigger):
+            if choice is None:
+                lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | | |")
                 continue
-            value, runs = chosen[key]
-            seconds = statistics.mean(r["seconds"] for r in runs)
+            value, runs = choice
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
-            ref_time, ref_memory = reference.get((model, trigger), (None, None))
-            time_ratio = f"{seconds / ref_time:.2g}" if ref_time else ""
+            ref_memory = reference.get((model, trigger), (None, None))[1]
+            time_ratio = _time_ratio(runs, reference, model, trigger)
             memory_ratio = f"{statistics.mean(memory) / ref_memory:.2f}" if memory and ref_memory else ""
             lines.append(
                 f"| {model} | {trigger} | {defense} | {runs[0]['knob']}={value:g} "
@@ -633,6 +630,29 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     if any(r["trigger"] == CLEAN for r in rows):
         lines += ["", *_clean_model_table(rows, config, chosen, reference)]
     return "\n".join(lines)
+
+
+def _choices(
+    rows: list[dict],
+    chosen: dict[tuple, tuple[float, list[dict]]],
+    config: BenchmarkConfig,
+    model: str,
+    trigger: str,
+):
+    """(defense, its (chosen value, runs), or `None` when no value qualified) for each defense that ran on the
+    suspect, in the grid's order."""
+    for defense in config.defenses:
+        key = (model, trigger, defense)
+        if key in chosen:
+            yield defense, chosen[key]
+        elif any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
+            yield defense, None
+
+
+def _time_ratio(runs: list[dict], reference: dict, model: str, trigger: str) -> str:
+    """The runs' mean wall time over the reference defense's on the same suspect."""
+    ref_time = reference.get((model, trigger), (None, None))[0]
+    return f"{statistics.mean(r['seconds'] for r in runs) / ref_time:.2g}" if ref_time else ""
 
 
 def _clean_model_table(
@@ -649,22 +669,18 @@ def _clean_model_table(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
-        for defense in config.defenses:
-            key = (model, CLEAN, defense)
-            if key not in chosen:
-                if any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
-                    lines.append(f"| {model} | {defense} | — | | | | | | |")
+        for defense, choice in _choices(rows, chosen, config, model, CLEAN):
+            if choice is None:
+                lines.append(f"| {model} | {defense} | — | | | | | | |")
                 continue
-            value, runs = chosen[key]
+            value, runs = choice
             before = runs[0]["before"]["clean_accuracy"]
             drops = [before - r["after"]["clean_accuracy"] for r in runs]
-            ref_time = reference.get((model, CLEAN), (None, None))[0]
-            seconds = statistics.mean(r["seconds"] for r in runs)
             lines.append(
                 f"| {model} | {defense} | {runs[0]['knob']}={value:g} | {100 * before:.1f} "
                 f"| {_pct([r['after']['clean_accuracy'] for r in runs])} | {_pct(drops)} "
                 f"| {_pct([validation_drop(r) for r in runs])} | {_reinversion(runs, 'max_success_after')} "
-                f"| {f'{seconds / ref_time:.2g}' if ref_time else ''} |"
+                f"| {_time_ratio(runs, reference, model, CLEAN)} |"
             )
     return lines
 
