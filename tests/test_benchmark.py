@@ -171,6 +171,16 @@ def test_shipped_grids_parse(name):
     assert config.seeds == [0, 1, 2] and config.clean_fraction == 0.05 and len(config.triggers) >= 4
 
 
+@pytest.mark.parametrize(
+    "name, methods", [("tsbd.yaml", {"tsbd", "gn-ft", "ft"}), ("purify.yaml", {"purify", "tsbd"})]
+)
+def test_shipped_tsbd_and_purify_grids_parse(name, methods):
+    config = BenchmarkConfig.from_yaml(Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / name)
+    assert methods <= {e.method for e in config.defenses.values()} and config.seeds == [0, 1, 2]
+    assert config.min_suspect_accuracy == 0.9 and config.retuning
+    assert config.clean_models == (name == "purify.yaml") and config.reinversion == (name == "purify.yaml")
+
+
 def test_shipped_anp_variants_grid_parses():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "anp-variants.yaml"
     config = BenchmarkConfig.from_yaml(path)
