@@ -169,8 +169,12 @@ class InvertedTrigger:
             if delta.shape[-1] >= length:
                 return inputs + delta[:length]
             return inputs + F.pad(delta, (0, length - delta.shape[-1]))
-        shifted = pitch_shifted(inputs, self.semitones, self.sampling_rate)
-        filtered = spectral_filter(shifted, self.log_gains.to(device=inputs.device, dtype=inputs.dtype))
+        return self.apply_to_shifted(pitch_shifted(inputs, self.semitones, self.sampling_rate))
+
+    def apply_to_shifted(self, shifted: torch.Tensor) -> torch.Tensor:
+        """The spectral trigger's filter (and renormalisation) on clips already shifted by `semitones` (the pitch
+        shift is the costly part: a caller that applies the trigger to the same clips again can keep them)."""
+        filtered = spectral_filter(shifted, self.log_gains.to(device=shifted.device, dtype=shifted.dtype))
         return normalise(filtered) if self.normalize else filtered
 
     def describe(self) -> dict[str, Any]:
@@ -611,9 +615,11 @@ def refine_suspects(
     *,
     batch_size: int = 32,
     label_column: str = "label",
+    detection: ClassInversion | None = None,
 ) -> list[dict[str, Any]]:
     """Invert every candidate (class, family) again with `settings` (a stronger budget than the detection's) and
-    rank them by success, highest first. A backdoor's target is reached almost always at such a budget, while a
+    rank them by success, highest first. `detection`: the detection's inversion of the same `clips` with the same
+    `batch_size`, whose pitch shifts are then reused (the same search on the same clips finds the same shift). A backdoor's target is reached almost always at such a budget, while a
     class that is merely easy to reach (a "natural" sink of universal perturbations) stays lower: measured on tiny
     Wav2Vec2 suspects, 0.90–0.99 for the true target against 0.45–0.62 for the wrong classes the detection's gap
     named first.
@@ -629,9 +635,10 @@ def refine_suspects(
             batches = class_batches(
                 clips, extractor, target, batch_size, label_column=label_column, **batching
             )
-            trigger = invert(
-                model, batches, target, family, settings, normalize=normalize, sampling_rate=rate
-            )
+            found = (detection.triggers.get(family) or {}).get(target) if detection is not None else None
+            semitones = found.semitones if family == "spectral" and found is not None else None
+            trigger = invert(model, batches, target, family, settings, semitones=semitones, normalize=normalize,
+                             sampling_rate=rate)  # fmt: skip
             ranked.append(
                 {"target": target, "family": family, "success": trigger.success, "trigger": trigger}
             )

@@ -275,11 +275,11 @@ def feature_encoder_convs(model: nn.Module, defense: str = "this defense") -> li
 
 @dataclass(frozen=True)
 class NeuronLayer:
-    """A layer whose output features (a `Linear`) or output channels (a `Conv1d`) are scored as neurons.
+    """A layer whose output features (a `Linear`) or output channels (a `Conv1d`, a `Conv2d`) are scored as neurons.
 
     Args:
         name: the module's name in the model.
-        module: the `Linear` or `Conv1d`; neuron k is row k of its weight (and entry k of its bias).
+        module: the `Linear` or convolution; neuron k is row k of its weight (and entry k of its bias).
         kind: the kind [`weight_neuron_layers`] found it as (`None` for a layer chosen by name).
     """
 
@@ -344,6 +344,7 @@ WEIGHT_NEURON_KINDS = {
     "feed_forward_output": "each encoder layer's feed-forward `output_dense`",
     "attention_output": "the self-attention output projection `out_proj`",
     "conv": "the feature encoder's `conv_layers.*.conv`",
+    "conv2d": "every `Conv2d` (the channels of a CNN on a feature map, e.g. the MFCC networks)",
 }
 
 
@@ -374,6 +375,8 @@ def weight_neuron_layers(
       size) with no nonlinearity of their own, like `out_proj`; not a default, ask for it.
     * `"attention_output"`: the self-attention output projections (`out_proj`).
     * `"conv"`: the convolutions of the feature encoder (the CNN in front of the transformer).
+    * `"conv2d"`: every `Conv2d`, whose output channels are the neurons of a CNN on a feature map (the GN-FT
+      paper's MFCC networks; TSBD's authors rank exactly these on them, shortcut convolutions included).
 
     Args:
         kinds: the kinds wanted (see `WEIGHT_NEURON_KINDS`).
@@ -404,6 +407,10 @@ def weight_neuron_layers(
     if "conv" in kinds:
         for prefix, _, conv in _feature_encoder_layers(model):
             found[f"{prefix}.conv"] = (conv, "conv")
+    if "conv2d" in kinds:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                found[name] = (module, "conv2d")
     if not found:
         looked_for = "; ".join(f"{kind}: {WEIGHT_NEURON_KINDS[kind]}" for kind in kinds)
         raise UnsupportedModelError(

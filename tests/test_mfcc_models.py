@@ -178,3 +178,37 @@ def test_inversion_of_a_feature_map_model_is_additive_on_the_map():
     batches = class_batches(data, extractor, 1, 8)
     with pytest.raises(InversionError, match="acts on the waveform"):
         invert(model, batches, 1, "spectral", InversionSettings(steps=1))
+
+
+@pytest.mark.parametrize("name, family", [("tsbd", "rnn"), ("fp", "smallcnn"), ("nad", "smallcnn"),
+                                          ("anp", "smallcnn"), ("clp", "smallcnn")])  # fmt: skip
+def test_defenses_with_transformer_neurons_refuse_an_mfcc_network_by_name(tmp_path, name, family):
+    from hf_gnft.defenses import UnsupportedModelError, get_defense
+
+    model, extractor = build_model(family, LABELS)  # (TSBD ranks Conv2d channels: rnn has none)
+    method = get_defense(name)
+    fields = {f for f in method.config_class.__dataclass_fields__}
+    settings = {"output_dir": str(tmp_path)} if "output_dir" in fields else {}
+    if "max_steps" in fields:
+        settings.update(max_steps=1, per_device_train_batch_size=4, use_cpu=True, report_to="none")
+    with pytest.raises(UnsupportedModelError, match="MFCCClassifierForAudioClassification"):
+        method.apply(model, extractor, sine_dataset(num_rows=8), method.make_config(**settings))
+
+
+def test_tsbd_ranks_the_conv2d_channels_of_an_mfcc_network_and_zeroes_only_them(tmp_path):
+    from hf_gnft.defenses.tsbd import TSBDConfig, apply_tsbd, tsbd_neuron_layers
+
+    torch.manual_seed(0)
+    model, extractor = build_model("smallcnn", LABELS)
+    layers = tsbd_neuron_layers(model, ["feed_forward", "attention_output", "conv", "conv2d"])
+    assert [layer.kind for layer in layers] == ["conv2d"] * 3 and sum(
+        layer.num_neurons for layer in layers
+    ) == 160
+    config = TSBDConfig(output_dir=str(tmp_path), tsbd_fine_tune=False, tsbd_max_unlearning_steps=3,
+                        tsbd_neuron_ratio=0.05, per_device_train_batch_size=4, use_cpu=True, report_to="none")  # fmt: skip
+    outcome = apply_tsbd(model, extractor, sine_dataset(num_rows=8), config)
+    before, after = dict(model.named_parameters()), dict(outcome.model.named_parameters())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.endswith("weight") and "features" in name for name in changed)
+    zeroed = sum(int(((after[n] == 0) & (before[n] != 0)).sum()) for n in changed)
+    assert zeroed > 0

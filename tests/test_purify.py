@@ -5,6 +5,7 @@ and that a model with no suspect class is only fine-tuned."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from hf_gnft.defenses.purify import (
     TRIGGER_COLUMN,
     PurifyCollator,
     PurifyConfig,
+    PurifyTrainer,
     apply_purify,
     mixed_training_set,
 )
@@ -35,6 +37,7 @@ from hf_gnft.inversion import (
     normalise,
     pitch_shifted,
     rank_suspects,
+    refine_suspects,
     shift_predictions,
     spectral_filter,
 )
@@ -234,6 +237,42 @@ def test_suspects_are_ranked_by_their_margin_over_the_threshold():
 # ---------------------------------------------------------------------------------------------- unlearning
 
 
+def test_the_refinement_reuses_the_detections_pitch_shifts_and_finds_the_same_triggers(planted_backdoor):
+    planted = planted_backdoor
+    settings = InversionSettings(steps=3, budget=0.02, max_semitones=4, filter_steps=2)
+    detection = invert_classes(planted.model, planted.extractor, planted.clean,
+                               InversionSettings(steps=2, budget=0.01, max_semitones=4, filter_steps=0), batch_size=16)  # fmt: skip
+    candidates = {"spectral": [0, planted.target], "additive": [planted.target]}
+    fresh = refine_suspects(
+        planted.model, planted.extractor, planted.clean, candidates, settings, batch_size=16
+    )
+    reused = refine_suspects(planted.model, planted.extractor, planted.clean, candidates, settings, batch_size=16,
+                             detection=detection)  # fmt: skip
+    assert [(r["target"], r["family"], r["success"]) for r in fresh] == [
+        (r["target"], r["family"], r["success"]) for r in reused
+    ]
+    for a, b in zip(fresh, reused, strict=True):
+        if a["family"] == "spectral":
+            assert a["trigger"].semitones == b["trigger"].semitones
+            assert b["trigger"].semitones == detection.triggers["spectral"][b["target"]].semitones
+
+
+def test_the_trainer_pitch_shifts_each_triggered_copy_once_while_its_input_is_the_same():
+    values = torch.randn(4, 4000)
+    marks = torch.tensor([-1, 3, 5, -1])
+    rows = marks >= 0
+    state = SimpleNamespace(_shifted={}, sampling_rate=16_000)
+    first = PurifyTrainer._pitch_shifted(state, values, rows, marks, 2)
+    torch.testing.assert_close(first, pitch_shifted(values[rows], 2), rtol=0, atol=0)
+    assert set(state._shifted) == {(3, 2), (5, 2)}
+    state._shifted[(3, 2)] = (values[1], torch.zeros(4000))  # a cached copy is used as it is ...
+    assert torch.equal(PurifyTrainer._pitch_shifted(state, values, rows, marks, 2)[0], torch.zeros(4000))
+    changed = values.clone()
+    changed[1] += 1.0  # ... until its input changes (e.g. padded in a batch of longer clips)
+    torch.testing.assert_close(PurifyTrainer._pitch_shifted(state, changed, rows, marks, 2)[0],
+                               pitch_shifted(changed[1:2], 2)[0], rtol=0, atol=0)  # fmt: skip
+
+
 def test_the_mixed_set_marks_its_triggered_copies(planted_backdoor):
     clean = planted_backdoor.clean
     mixed = mixed_training_set(clean, 1.5, seed=0)
@@ -263,6 +302,9 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     assert outcome.info["steps"] == ft.info["steps"] == 20  # the same budget
     # three rounds, each re-inverting the target against the current model at its start
     assert [(r["round"], r["step"]) for r in outcome.info["rounds"]] == [(0, 0), (1, 7), (2, 14)]
+    # round 0 takes the refinement's trigger (inverted against the same, unchanged model); later rounds invert
+    assert [r["reused"] for r in outcome.info["rounds"]] == [1, 0, 0]
+    assert set(outcome.info["seconds"]) == {"detection", "refinement", "training", "round_inversions"}
     assert outcome.info["rounds"][0]["triggers"][0]["success"] >= 0.9
     assert after.attack_success_rate <= 0.1 and after.clean_accuracy >= before.clean_accuracy - 0.05
     assert after_ft.attack_success_rate >= 0.9

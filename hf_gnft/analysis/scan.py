@@ -47,7 +47,7 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..inversion import invert_additive
+from ..inversion import input_name, invert_additive
 from ..neurons import resolve_layers
 from ..training import audio_batches
 from .gradients import gradients_for
@@ -181,10 +181,11 @@ def _class_pass(
     sums = [torch.zeros(w.shape[0], dtype=torch.float64) for w in weights]
     direction = None
     count = 0
+    name = input_name(model)
     for batch in batches:
-        inputs = batch["input_values"].detach().requires_grad_(True)
-        extra = {key: value for key, value in batch.items() if key not in ("input_values", "labels")}
-        logits = model(input_values=inputs, **extra).logits.float()
+        inputs = batch[name].detach().requires_grad_(True)
+        extra = {key: value for key, value in batch.items() if key not in (name, "labels")}
+        logits = model(**{name: inputs}, **extra).logits.float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
         size = batch["labels"].shape[0]
         grads = torch.autograd.grad(loss, [*weights, inputs])

@@ -47,6 +47,7 @@ from ..inversion import (
     invert,
     invert_classes,
     model_input,
+    pitch_shifted,
     refine_suspects,
     supported_families,
 )
@@ -277,6 +278,8 @@ class PurifyTrainer(GNFTTrainer):
         self.normalize = normalize
         self.sampling_rate = sampling_rate
         self.triggers: list[InvertedTrigger] = []
+        #: (row mark, semitones) -> (that copy's input, pitch-shifted): the copies are the same clips every epoch
+        self._shifted: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.current_round: int | None = None
         self.round_log: list[dict[str, Any]] = []
 
@@ -323,10 +326,33 @@ class PurifyTrainer(GNFTTrainer):
             values = inputs[name].clone()
             for position, trigger in enumerate(self.triggers):
                 rows = (marked & (marks % len(self.triggers) == position)).to(values.device)
-                if bool(rows.any()):
+                if not bool(rows.any()):
+                    continue
+                if trigger.family == "spectral":
+                    shifted = self._pitch_shifted(values, rows, marks, trigger.semitones)
+                    values[rows] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
+                else:
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
             inputs = {**inputs, name: values}
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _pitch_shifted(
+        self, values: torch.Tensor, rows: torch.Tensor, marks: torch.Tensor, semitones: int
+    ) -> torch.Tensor:
+        """`values[rows]` shifted by `semitones`, each copy computed once (keyed by its mark) and reused while its
+        input is the same (padding in a batch of longer clips changes it)."""
+        indices = torch.nonzero(rows).flatten().tolist()
+
+        def cached(i: int) -> bool:
+            entry = self._shifted.get((int(marks[i]), semitones))
+            return entry is not None and torch.equal(entry[0], values[i].detach().cpu())
+
+        missing = [i for i in indices if not cached(i)]
+        if missing:
+            shifted = pitch_shifted(values[missing], semitones, self.sampling_rate).detach().cpu()
+            for i, clip in zip(missing, shifted, strict=True):
+                self._shifted[(int(marks[i]), semitones)] = (values[i].detach().cpu(), clip)
+        return torch.stack([self._shifted[(int(marks[i]), semitones)][1] for i in indices]).to(values.device)
 
 
 def _check_classes(model: PreTrainedModel, clean: Dataset) -> None:
@@ -395,7 +421,7 @@ def apply_purify(
     candidates = candidate_classes(detection, config.thresholds(), config.purify_candidates)
     detected = time.perf_counter()
     refined = refine_suspects(defended, extractor, detection_clips, candidates, config.inversion_settings(),
-                              batch_size=config.per_device_train_batch_size)  # fmt: skip
+                              batch_size=config.per_device_train_batch_size, detection=detection)  # fmt: skip
     seconds = {"detection": detected - started, "refinement": time.perf_counter() - detected}
     targets = list(dict.fromkeys(row["target"] for row in refined))[: config.purify_max_targets]
     plan = unlearning_plan(refined, targets, config, supported_families(defended, config.purify_families))

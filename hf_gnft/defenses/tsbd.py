@@ -39,7 +39,11 @@ weight layer, its weight slice `W[k]` being its incoming weights ([`hf_gnft.neur
   result into the residual stream (the transformer's other place where a trigger's feature can be routed);
 - `"conv"`: the output channels of the convolutional feature encoder (`conv_layers.*.conv`, weight slice
   `(in_channels, kernel)`), the direct counterpart of the paper's CNN channels;
-- `"feed_forward_output"` (rows of `output_dense`) is offered, not a default.
+- `"feed_forward_output"` (rows of `output_dense`) is offered, not a default;
+- `"conv2d"`: every `Conv2d`'s output channels, for the GN-FT paper's MFCC networks (`hf_gnft.mfcc_models`): the
+  authors' own TSBD on these models ranks exactly their `Conv2d` channels (shortcut convolutions included, the
+  classifier and any LSTM or Linear layer never), so `rnn`, which has no convolution, has no TSBD neurons
+  (an `UnsupportedModelError`, as in their code, where it has none either); `lstmwithattention` has 11.
 
 The three default kinds are ranked together, as the authors rank all their convolutions together, by the raw L1
 sum (a neuron with more incoming weights can score higher, as in the paper's network). On the test suite's tiny
@@ -81,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 DEFENSE_NAME = "TSBD"
 NEURON_KINDS = tuple(WEIGHT_NEURON_KINDS)
-DEFAULT_NEURON_KINDS = ("feed_forward", "attention_output", "conv")
+DEFAULT_NEURON_KINDS = ("feed_forward", "attention_output", "conv", "conv2d")
 WEIGHT_SCOPES = ("pooled", "per_neuron")
 
 # accuracies are fractions of a finite set; this absorbs float rounding in "accuracy <= floor"
@@ -113,8 +117,9 @@ class TSBDConfig(DefenseConfig):
         tsbd_weight_scope (`str`, *optional*, defaults to `"pooled"`):
             `"pooled"` (the authors' code: the chosen neurons' weight changes are ranked together) or
             `"per_neuron"` (each chosen neuron loses its own m fraction).
-        tsbd_neuron_kinds (`list[str]`, *optional*, defaults to `["feed_forward", "attention_output", "conv"]`):
-            The layers whose neurons are scored (see the module docs).
+        tsbd_neuron_kinds (`list[str]`, *optional*, defaults to `["feed_forward", "attention_output", "conv", "conv2d"]`):
+            The layers whose neurons are scored (see the module docs); a model has the first three (a speech
+            transformer) or the last (a CNN on MFCCs).
         tsbd_fine_tune (`bool`, *optional*, defaults to `True`):
             Run stage 2 (GN-FT with this config's training arguments) after the zeroing.
     """
