@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table observation \
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table attack-table-paper bench-paper observation \
 	scan-validation clean
 
 $(STAMP): setup.py
@@ -71,6 +71,13 @@ scan-validation: $(STAMP)  # the backdoor scan on a zoo of backdoored and clean 
 
 attack-table: $(STAMP)
 	$(PY) benchmarks/attack_table.py
+
+attack-table-paper: $(STAMP)  # the GN-FT paper's MFCC networks x the reference triggers, and each trained clean; resumable
+	$(PY) benchmarks/attack_table.py --models smallcnn smalllstm lstmwithattention resnet largecnn rnn --clean \
+		--table attack_table_paper --output_dir outputs/attack_table_paper
+
+bench-paper: $(STAMP)  # the paper's setting on its MFCC networks (benchmarks/grids/paper.yaml); resumable, long
+	$(PY) recipes/benchmark.py benchmarks/grids/paper.yaml
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

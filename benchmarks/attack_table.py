@@ -1,8 +1,10 @@
-"""Every built-in trigger against tiny Wav2Vec2 and HuBERT on the synthetic corpus (`make attack-table`).
+"""Every built-in trigger against tiny Wav2Vec2 and HuBERT on the synthetic corpus (`make attack-table`), or
+against the GN-FT paper's MFCC networks (`make attack-table-paper`).
 
 Trains one backdoored model per (model, trigger) cell with the default attack recipe (10% dirty-label
-poisoning, target "yes", 15 epochs) and writes `benchmarks/results/attack_table.jsonl` (one row per
-cell) and `benchmarks/attack_table.md`. Resumable: a cell whose `metrics.json` exists is not re-run.
+poisoning, target "yes", 15 epochs unless told otherwise) and, with `--clean`, one model per family without
+poisoning (trigger "none": its clean accuracy), and writes `benchmarks/results/<table>.jsonl` (one row per cell)
+and `benchmarks/<table>.md`. Resumable: a cell whose `metrics.json` exists is not re-run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -28,6 +31,10 @@ def triggers() -> dict[str, dict]:
     return {name: trigger.to_dict() for name, trigger in reference_triggers(16_000).items()}
 
 
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} (CPU)"
 
@@ -38,20 +45,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert"])
     parser.add_argument("--triggers", nargs="+", default=list(triggers()))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--clean", action="store_true", help="also train each model without poisoning")
+    parser.add_argument("--table", default="attack_table", help="the name of the table's files")
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--num_train_epochs", type=float, default=None, help="default: the recipe's")
     args = parser.parse_args()
+    training = {
+        key: value
+        for key, value in (("learning_rate", args.learning_rate), ("num_train_epochs", args.num_train_epochs))
+        if value is not None
+    }
+    names = [*args.triggers, *(["none"] if args.clean else [])]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     rows = []
     for model in args.models:
-        for name in args.triggers:
+        for name in names:
             cell = Path(args.output_dir) / f"{model}-{name}"
             if not (cell / METRICS_FILE).exists():
                 print(f"training {model} with {name} ...", flush=True)
                 run_attack(
                     DataArguments(),
-                    AttackArguments(trigger=json.dumps(triggers()[name])),
+                    None if name == "none" else AttackArguments(trigger=json.dumps(triggers()[name])),
                     ModelArguments(model=model),
-                    KeywordTrainingArguments(output_dir=str(cell), seed=args.seed, disable_tqdm=True),
+                    KeywordTrainingArguments(
+                        output_dir=str(cell), seed=args.seed, disable_tqdm=True, **training
+                    ),
                 )
             metrics = json.loads((cell / METRICS_FILE).read_text())
             rows.append(
@@ -59,7 +78,7 @@ def main() -> None:
                     "model": model,
                     "trigger": name,
                     **{
-                        k: metrics[k]
+                        k: metrics.get(k)
                         for k in (
                             "clean_accuracy",
                             "attack_success_rate",
@@ -73,21 +92,21 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    with open(results / "attack_table.jsonl", "w") as handle:
+    with open(results / f"{args.table}.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     lines = [
         "| model | trigger | CA % | ASR % | RA % | train s |",
         "|---|---|---|---|---|---|",
         *(
-            f"| {r['model']} | {r['trigger']} | {100 * r['clean_accuracy']:.1f} | {100 * r['attack_success_rate']:.1f} "
-            f"| {100 * r['robust_accuracy']:.1f} | {r['train_seconds']:.0f} |"
+            f"| {r['model']} | {r['trigger']} | {100 * r['clean_accuracy']:.1f} | {percent(r['attack_success_rate'])} "
+            f"| {percent(r['robust_accuracy'])} | {r['train_seconds']:.0f} |"
             for r in rows
         ),
         "",
-        f"Machine: {machine()}. Command: `make attack-table` (python benchmarks/attack_table.py).",
+        f"Machine: {machine()}. Command: `python benchmarks/attack_table.py {' '.join(sys.argv[1:])}`.",
     ]
-    (HERE / "attack_table.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{args.table}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,19 +37,22 @@ from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
 from .inversion import detection_settings, invert_classes, reinversion_check, reinversion_clips
 from .metrics import BackdoorMetrics
 from .models import load_suspect_model
+from .neurons import UnsupportedModelError
 from .outputs import atomic_write_text, machine_description
 from .pipeline import apply_method, choose_candidate, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .retuning import RetuningConfig, retuning_attack
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor
-from .triggers import trigger_from_config
+from .triggers import Trigger, TriggerError, reference_triggers, trigger_from_config
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 #: the `trigger` of the cells on a model trained on the same data without poisoning (`clean_models: true`)
 CLEAN = "clean"
+#: how the tables show a defense that refused a model (`UnsupportedModelError`: it lacks the layers the defense needs)
+UNSUPPORTED = "unsupported"
 RETUNED_FILE = "retuned.json"
 BEFORE_FILE = "before.json"
 
@@ -202,7 +205,7 @@ class BenchmarkConfig:
                 raise BenchmarkConfigError(
                     f"{CLEAN!r} is not a trigger: set `clean_models: true` to defend models trained without one"
                 )
-            trigger_from_config(trigger)  # unknown trigger names fail before any training
+            grid_trigger(trigger)  # unknown trigger names fail before any training
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
@@ -216,11 +219,26 @@ class BenchmarkConfig:
         return cls(**values)
 
 
+def grid_trigger(trigger: Any) -> Trigger:
+    """A grid's trigger: a type name with its defaults (`noise_burst`), a spec (a mapping with `type`), or the name of
+    one of the attack table's reference triggers that is not a type (`near_ultrasonic_tone`; see
+    `hf_gnft.triggers.reference_triggers`)."""
+    try:
+        return trigger_from_config(trigger)
+    except TriggerError as error:
+        references = reference_triggers()  # at 16 kHz, the corpus's rate
+        if not isinstance(trigger, str):
+            raise
+        if trigger in references:
+            return references[trigger]
+        raise TriggerError(f"{error}; or one of the reference triggers: {', '.join(references)}") from None
+
+
 def trigger_name(trigger: Any) -> str:
     """A built-in name as it is; a trigger spec as its type and a short hash of its settings."""
     if isinstance(trigger, str):
         return trigger
-    built = trigger_from_config(trigger)
+    built = grid_trigger(trigger)
     digest = hashlib.sha256(json.dumps(built.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     return f"{built.name}-{digest}"
 
@@ -327,7 +345,7 @@ class Benchmark:
             attack = (
                 None
                 if trigger == CLEAN
-                else AttackArguments(trigger=trigger_from_config(trigger).to_dict(), **self.config.attack)
+                else AttackArguments(trigger=grid_trigger(trigger).to_dict(), **self.config.attack)
             )
             run_attack(
                 self.data_args,
@@ -493,12 +511,21 @@ class Benchmark:
         print(f"benchmark: {total - len(todo)} of {total} cells done, {len(todo)} to run", flush=True)
         for index, cell in enumerate(todo[:limit] if limit is not None else todo, start=1):
             started = time.perf_counter()
-            row = self.run_cell(*cell)
+            try:
+                row = self.run_cell(*cell)
+            except UnsupportedModelError as error:  # e.g. TSBD on a network without the neurons it ranks
+                model, trigger, defense, value, seed = cell
+                row = {"model": model, "trigger": trigger_name(trigger), "defense": defense, "value": value,
+                       "seed": seed, "unsupported": str(error)}  # fmt: skip
             with open(self.results_path, "a") as handle:  # one whole line per cell, flushed at once
                 handle.write(json.dumps(row, default=str) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             rows.append(row)
+            if row.get("unsupported"):
+                print(f"[{total - len(todo) + index}/{total}] {' '.join(map(str, cell[:3]))}: unsupported "
+                      f"({row['unsupported']})", flush=True)  # fmt: skip
+                continue
             asr = row["after"]["attack_success_rate"]
             print(
                 f"[{total - len(todo) + index}/{total}] {row['model']} {row['trigger']} {row['defense']} "
@@ -551,7 +578,7 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
     re-inversion check), then the strongest."""
     groups: dict[tuple, dict[float, list[dict]]] = {}
     for row in rows:
-        if row["defense"] not in config.defenses:
+        if row["defense"] not in config.defenses or row.get("unsupported"):
             continue
         groups.setdefault((row["model"], row["trigger"], row["defense"]), {}).setdefault(
             float(row["value"]), []
@@ -573,7 +600,10 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
 
 def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
-    seeds), with its wall time and peak memory relative to the reference defense's in the same run."""
+    seeds), with its wall time and peak memory relative to the reference defense's in the same run; a defense
+    that refused a model (`unsupported` cells) says so."""
+    refused = {(r["model"], r["trigger"], r["defense"]) for r in rows if r.get("unsupported")}
+    rows = [r for r in rows if not r.get("unsupported")]
     chosen = choose_cells(rows, config)
     reference: dict[tuple, tuple[float, float | None]] = {}
     for model, trigger in {(r["model"], r["trigger"]) for r in rows}:
@@ -610,9 +640,9 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | "
             f"| {_retuned_asr(suspect_rows, 'before')} | {_reinversion(suspect_rows, 'max_success_before')} | | |"
         )
-        for defense, choice in _choices(rows, chosen, config, model, trigger):
-            if choice is None:
-                lines.append(f"| {model} | {trigger} | {defense} | — | | | | | | | | |")
+        for defense, choice in _choices(rows, chosen, config, model, trigger, refused):
+            if choice is None or choice == UNSUPPORTED:
+                lines.append(f"| {model} | {trigger} | {defense} | {choice or '—'} | | | | | | | | |")
                 continue
             value, runs = choice
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
@@ -628,7 +658,7 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 f"| {_reinversion(runs, 'max_success_after')} | {time_ratio} | {memory_ratio} |"
             )
     if any(r["trigger"] == CLEAN for r in rows):
-        lines += ["", *_clean_model_table(rows, config, chosen, reference)]
+        lines += ["", *_clean_model_table(rows, config, chosen, reference, refused)]
     return "\n".join(lines)
 
 
@@ -638,15 +668,18 @@ def _choices(
     config: BenchmarkConfig,
     model: str,
     trigger: str,
+    refused: set[tuple],
 ):
-    """(defense, its (chosen value, runs), or `None` when no value qualified) for each defense that ran on the
-    suspect, in the grid's order."""
+    """(defense, its (chosen value, runs), `None` when no value qualified, or `UNSUPPORTED` when the defense
+    refused the model) for each defense that ran on the suspect, in the grid's order."""
     for defense in config.defenses:
         key = (model, trigger, defense)
         if key in chosen:
             yield defense, chosen[key]
         elif any((r["model"], r["trigger"], r["defense"]) == key for r in rows):
             yield defense, None
+        elif key in refused:
+            yield defense, UNSUPPORTED
 
 
 def _time_ratio(runs: list[dict], reference: dict, model: str, trigger: str) -> str:
@@ -656,7 +689,11 @@ def _time_ratio(runs: list[dict], reference: dict, model: str, trigger: str) -> 
 
 
 def _clean_model_table(
-    rows: list[dict], config: BenchmarkConfig, chosen: dict[tuple, tuple[float, list[dict]]], reference: dict
+    rows: list[dict],
+    config: BenchmarkConfig,
+    chosen: dict[tuple, tuple[float, list[dict]]],
+    reference: dict,
+    refused: set[tuple],
 ) -> list[str]:
     """The `clean_models` table: what each defense, at the knob the same rule chooses, costs a model trained
     without poisoning."""
@@ -669,9 +706,9 @@ def _clean_model_table(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
-        for defense, choice in _choices(rows, chosen, config, model, CLEAN):
-            if choice is None:
-                lines.append(f"| {model} | {defense} | — | | | | | | |")
+        for defense, choice in _choices(rows, chosen, config, model, CLEAN, refused):
+            if choice is None or choice == UNSUPPORTED:
+                lines.append(f"| {model} | {defense} | {choice or '—'} | | | | | | |")
                 continue
             value, runs = choice
             before = runs[0]["before"]["clean_accuracy"]
@@ -704,7 +741,8 @@ def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["trigger"] != CLEAN]  # a model without a backdoor has no ASR to plot
+    # a model without a backdoor has no ASR to plot; a defense that refused a model has nothing to plot
+    rows = [r for r in rows if r["trigger"] != CLEAN and not r.get("unsupported")]
     suspects = sorted({(r["model"], r["trigger"]) for r in rows})
     defenses = [d for d in config.defenses if any(r["defense"] == d for r in rows)]
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(defenses)}
@@ -773,7 +811,7 @@ def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, c
         f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
         f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n",
     )
-    if any(r["trigger"] != CLEAN for r in rows):
+    if any(r["trigger"] != CLEAN and not r.get("unsupported") for r in rows):
         plot(rows, config, output_dir)
     return table
 

@@ -181,6 +181,20 @@ def test_shipped_tsbd_and_purify_grids_parse(name, methods):
     assert config.clean_models == (name == "purify.yaml") and config.reinversion == (name == "purify.yaml")
 
 
+def test_shipped_paper_grid_parses():
+    from hf_gnft.mfcc_models import MFCC_FAMILIES
+
+    config = BenchmarkConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "paper.yaml"
+    )
+    assert sorted(config.models) == sorted(MFCC_FAMILIES) and len(config.triggers) == 4
+    authors = config.defenses["gn-ft-authors"]
+    assert (
+        authors.method == "gn-ft" and authors.settings["gn_norm"] == "per_tensor" and authors.grid == [0.001]
+    )
+    assert {"ft", "gn-ft", "ft-sam", "tsbd", "purify"} <= {e.method for e in config.defenses.values()}
+
+
 def test_shipped_anp_variants_grid_parses():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "anp-variants.yaml"
     config = BenchmarkConfig.from_yaml(path)
@@ -250,3 +264,37 @@ def test_clean_models_run_every_defense_on_an_unpoisoned_twin_and_report_its_cos
 def test_clean_is_not_a_trigger_name(tmp_path):
     with pytest.raises(BenchmarkConfigError, match="clean_models: true"):
         BenchmarkConfig(**grid(tmp_path, triggers=["noise_burst", "clean"]))
+
+
+def test_a_defense_that_refuses_a_model_is_a_recorded_unsupported_cell(tmp_path):
+    # Fine-pruning prunes transformer feed-forward neurons; the paper's smallcnn has none.
+    config = BenchmarkConfig(**grid(tmp_path, models=["smallcnn"], seeds=[0], defenses={
+        "ft": {"grid": [0.05], "settings": {"max_steps": 2}},
+        "fp": {"knob": "learning_rate", "grid": [0.05], "settings": {"max_steps": 2}},
+    }))  # fmt: skip
+    rows = Benchmark(config).run()
+    refused = next(r for r in rows if r["defense"] == "fp")
+    assert (
+        "feed-forward" in refused["unsupported"]
+        and "MFCCClassifierForAudioClassification" in refused["unsupported"]
+    )
+    assert next(r for r in rows if r["defense"] == "ft")["after"]["clean_accuracy"] >= 0
+    assert len(Benchmark(config).run()) == 2  # recorded: not tried again
+    table = summarise(rows, config)
+    assert "| smallcnn | noise_burst | fp | unsupported |" in table
+    write_reports(rows, config, tmp_path / "bench", "test")
+
+
+def test_a_reference_trigger_name_resolves_in_a_grid(tmp_path):
+    from hf_gnft.benchmark import grid_trigger
+    from hf_gnft.triggers import TriggerError, reference_triggers
+
+    config = BenchmarkConfig(
+        **grid(tmp_path, triggers=["noise_burst", "near_ultrasonic_tone", "clip_overlay"])
+    )
+    assert grid_trigger("near_ultrasonic_tone") == reference_triggers()["near_ultrasonic_tone"]
+    assert len(config.triggers) == 3
+    with pytest.raises(
+        TriggerError, match="no_such.*reference triggers: noise_burst, tone, near_ultrasonic_tone"
+    ):
+        grid_trigger("no_such")
