@@ -653,6 +653,8 @@ def run_defense(
             "total_seconds": round(time.perf_counter() - started, 2),
             "clean_rows": len(clean),
             "suspect": provenance.to_dict(),
+            "model_type": getattr(defended.config, "model_type", None),
+            "model_family": getattr(defended.config, "family", None),
             "resumed_from": Path(resume).name if resume else None,
             "attack": spec.to_dict() if spec else None,
             "clean_data": asdict(clean_args),

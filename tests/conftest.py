@@ -117,6 +117,17 @@ def planted_backdoor():
 
 
 @pytest.fixture(scope="session")
+def mfcc_suspect(tmp_path_factory):
+    """A backdoored smallcnn (the GN-FT paper's MFCC CNN) written by `hf-gnft attack` (1 epoch on 160 clips)."""
+    from hf_gnft.scripts import attack as attack_recipe
+
+    out = tmp_path_factory.mktemp("mfcc-suspect") / "backdoored"
+    attack_recipe.main(["--output_dir", str(out), "--model", "smallcnn", *RECIPE_DATA, *RECIPE_FAST,
+                        "--num_train_epochs", "1"])  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
 def recipe_suspect(tmp_path_factory):
     """A backdoored tiny Wav2Vec2 written by `hf-gnft attack` (1 epoch on 160 clips: a few seconds)."""
     from hf_gnft.scripts import attack as attack_recipe

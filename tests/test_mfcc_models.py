@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -10,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from testing_utils import LABELS, SR, InOrderGNFT, config, sine_dataset
+from testing_utils import DEFEND_FAST, LABELS, RECIPE_DATA, SR, InOrderGNFT, config, sine_dataset
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from hf_gnft import AudioError
 from hf_gnft.mfcc_models import MFCC_FAMILIES, MFCCClassifierConfig, MFCCFeatureExtractor
-from hf_gnft.models import TINY_MODELS, build_model
+from hf_gnft.models import TINY_MODELS, build_model, load_suspect_model
+from hf_gnft.scripts import defend as defend_recipe
 from hf_gnft.training import AudioClassificationCollator
 
 
@@ -212,3 +214,27 @@ def test_tsbd_ranks_the_conv2d_channels_of_an_mfcc_network_and_zeroes_only_them(
     assert changed and all(name.endswith("weight") and "features" in name for name in changed)
     zeroed = sum(int(((after[n] == 0) & (before[n] != 0)).sum()) for n in changed)
     assert zeroed > 0
+
+
+@pytest.mark.parametrize("defense", ["gn-ft", "tsbd", "purify"])
+def test_the_recipes_attack_and_defend_an_mfcc_network_like_any_model(mfcc_suspect, tmp_path, defense):
+    settings = {
+        "gn-ft": ["--max_steps", "2"],
+        "tsbd": ["--max_steps", "1", "--tsbd_max_unlearning_steps", "2"],
+        "purify": ["--max_steps", "2", "--purify_steps", "2", "--purify_detection_steps", "2",
+                   "--purify_detection_threshold", "0"],
+    }[defense]  # fmt: skip
+    out = tmp_path / defense
+    defend_recipe.main(["--defense", defense, "--model", str(mfcc_suspect), "--output_dir", str(out),
+                        "--clean_count", "8", *RECIPE_DATA, *DEFEND_FAST, *settings])  # fmt: skip
+    record = json.loads((out / "defense_metrics.json").read_text())
+    assert record["model_type"] == "hf_gnft_mfcc" and record["model_family"] == "smallcnn"
+    assert record["after"]["attack_success_rate"] is not None
+    card = (out / "README.md").read_text()
+    assert "`import hf_gnft` before" in card and "(`smallcnn`)" in card
+    model, extractor = load_suspect_model(str(out))  # the trust checks: safetensors, no remote code
+    assert type(extractor) is MFCCFeatureExtractor and model.config.family == "smallcnn"
+    if defense == "purify":
+        assert set(record["info"]["detection"]["gap"]) == {
+            "additive"
+        }  # the spectral family needs the waveform
