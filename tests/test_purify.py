@@ -18,6 +18,8 @@ from transformers import HfArgumentParser
 from hf_gnft.defenses import FTConfig, apply_fine_tuning, get_defense
 from hf_gnft.defenses.base import DefenseInputError
 from hf_gnft.defenses.purify import (
+    AVOID_KEY,
+    TEACHER_KEY,
     TRIGGER_COLUMN,
     PurifyCollator,
     PurifyConfig,
@@ -80,6 +82,11 @@ def backdoor_metrics(planted, model):
         ({"purify_families": ["patch"]}, "patch"),
         ({"purify_detection_threshold": 1.0}, "purify_detection_threshold"),
         ({"purify_max_targets": 0}, "purify_max_targets"),
+        ({"purify_distillation": 1.5}, "purify_distillation"),
+        ({"purify_distillation": -0.1}, "purify_distillation"),
+        ({"purify_temperature": 0.0}, "purify_temperature"),
+        ({"purify_temperature": float("nan")}, "purify_temperature"),
+        ({"purify_objective": "forget"}, "purify_objective"),
     ],
 )
 def test_bad_purify_config_is_refused(tmp_path, overrides, message):
@@ -273,6 +280,52 @@ def test_the_trainer_pitch_shifts_each_triggered_copy_once_while_its_input_is_th
                                pitch_shifted(changed[1:2], 2)[0], rtol=0, atol=0)  # fmt: skip
 
 
+class FixedLogits(nn.Module):
+    """A stand-in model whose logits are its input."""
+
+    def forward(self, input_values, **_):
+        return SimpleNamespace(logits=input_values)
+
+
+def test_the_unlearning_losses_match_their_formulas():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 3.0, 0.2], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 2, 1])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.5, 1.5, 0.0]])
+    state = SimpleNamespace(distillation=0.25, temperature=2.0)
+
+    def loss(**extra):
+        return PurifyTrainer.compute_loss(
+            state, FixedLogits(), {"input_values": logits, "labels": labels, **extra}
+        )
+
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    # avoid_target: a triggered row of another class pays −log(1 − p(target)); the others their cross-entropy
+    avoid = torch.tensor([-1, 1, -1])
+    p_target = logits.softmax(-1)[1, 1]
+    expected = torch.stack([ce[0], -torch.log(1 - p_target), ce[2]]).mean()
+    torch.testing.assert_close(loss(**{AVOID_KEY: avoid}), expected)
+    # distillation: (1 − w) · the above + w · T² · KL(teacher ‖ model) at temperature T, averaged over rows
+    kl = (
+        sum(
+            (
+                F.softmax(teacher[i] / 2, -1)
+                * (F.log_softmax(teacher[i] / 2, -1) - F.log_softmax(logits[i] / 2, -1))
+            ).sum()
+            for i in range(3)
+        )
+        / 3
+    )
+    torch.testing.assert_close(
+        loss(**{AVOID_KEY: avoid, TEACHER_KEY: teacher}), 0.75 * expected + 0.25 * 4 * kl
+    )
+    torch.testing.assert_close(loss(**{TEACHER_KEY: teacher}), 0.75 * ce.mean() + 0.25 * 4 * kl)
+    # a model that answers as the teacher pays only its cross-entropy share
+    same = PurifyTrainer.compute_loss(
+        state, FixedLogits(), {"input_values": teacher, "labels": labels, TEACHER_KEY: teacher}
+    )
+    torch.testing.assert_close(same, 0.75 * F.cross_entropy(teacher, labels))
+
+
 def test_the_mixed_set_marks_its_triggered_copies(planted_backdoor):
     clean = planted_backdoor.clean
     mixed = mixed_training_set(clean, 1.5, seed=0)
@@ -310,6 +363,20 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     assert after_ft.attack_success_rate >= 0.9
     # the suspect is untouched
     assert backdoor_metrics(planted, planted.model).attack_success_rate == 1.0
+
+
+def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_planted_backdoor(
+    planted_backdoor, tmp_path
+):
+    planted = planted_backdoor
+    config = purify_config(tmp_path, purify_families=["additive"], purify_distillation=0.5,
+                           purify_objective="avoid_target")  # fmt: skip
+    outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
+    after = backdoor_metrics(planted, outcome.model)
+    before = backdoor_metrics(planted, planted.model)
+    assert outcome.info["targets"] == [planted.target]
+    assert after.attack_success_rate <= 0.1 and after.clean_accuracy >= before.clean_accuracy - 0.05
+    assert before.attack_success_rate == 1.0  # the teacher (the suspect itself) is untouched
 
 
 def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted_backdoor, tmp_path):

@@ -61,6 +61,12 @@ logger = logging.getLogger(__name__)
 DEFENSE_NAME = "purify"
 #: the column that marks a training row as a copy to carry an inverted trigger (-1: a clean row)
 TRIGGER_COLUMN = "purify_trigger"
+#: the batch key under which the frozen suspect's logits on each row's clean clip reach `compute_loss`
+TEACHER_KEY = "purify_teacher_logits"
+#: the batch key holding, per row, the target class its trigger must stop predicting (−1: the row's true label)
+AVOID_KEY = "purify_avoid_target"
+#: the unlearning objectives of the triggered copies
+OBJECTIVES = ("true_label", "avoid_target")
 
 
 @dataclass
@@ -114,6 +120,16 @@ class PurifyConfig(DefenseConfig):
         purify_inversion_clips (`int`, *optional*, defaults to `128`):
             Clean clips (drawn with `seed`) the inversions use: the first batch of each class's other-class clips is
             optimised on, the rest measure success.
+        purify_objective (`str`, *optional*, defaults to `"true_label"`):
+            The loss of a triggered copy: `"true_label"`, cross-entropy on its true label (I-BAU's, BTI-DBF(U)'s);
+            `"avoid_target"`, −log(1 − p(target)): only stop answering the suspected target. Measured on the tiny
+            Wav2Vec2 noise-burst suspect (seed 0, lr 0.01): 92.7 / 0.0 against 92.0 / 0.4 (CA / ASR %), no gain.
+        purify_distillation (`float`, *optional*, defaults to `0.0`):
+            Weight w of a distillation from the frozen suspect: each row's loss becomes (1 − w) · its objective +
+            w · T² · KL(suspect(the row's clean clip) ‖ model(row)). Measured on the same suspect: w 0.5, 0.7,
+            0.9, 0.95 gave 92.3 / 1.5, 92.0 / 0.0, 95.0 / 16.0, 93.7 / 2.6 (benchmarks/purify_probe.py).
+        purify_temperature (`float`, *optional*, defaults to `2.0`):
+            The distillation's temperature T.
     """
 
     num_train_epochs: float = field(
@@ -169,6 +185,23 @@ class PurifyConfig(DefenseConfig):
     purify_inversion_clips: int = field(
         default=128, metadata={"help": "Clean clips the inversions use (drawn with seed)."}
     )
+    purify_distillation: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation from the frozen suspect's outputs on each row's clean clip "
+            "(0: plain cross-entropy)."
+        },
+    )
+    purify_objective: str = field(
+        default="true_label",
+        metadata={
+            "help": "Loss of a triggered copy: 'true_label' (cross-entropy on its true label) or 'avoid_target' "
+            "(−log(1 − p(target)): only stop predicting the suspected target)."
+        },
+    )
+    purify_temperature: float = field(
+        default=2.0, metadata={"help": "Temperature of the distillation's softmaxes."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -185,6 +218,18 @@ class PurifyConfig(DefenseConfig):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.purify_unlearn not in ("flagged", "all"):
             raise ValueError(f"purify_unlearn must be 'flagged' or 'all', got {self.purify_unlearn!r}")
+        if self.purify_objective not in OBJECTIVES:
+            raise ValueError(f"purify_objective must be one of {OBJECTIVES}, got {self.purify_objective!r}")
+        weight = self.purify_distillation
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+            raise ValueError(f"purify_distillation must be in [0, 1], got {weight!r}")
+        temperature = self.purify_temperature
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
+            raise ValueError(f"purify_temperature must be a finite number > 0, got {temperature!r}")
         ratio = self.purify_mix_ratio
         if (
             isinstance(ratio, bool)
@@ -255,6 +300,10 @@ class PurifyTrainer(GNFTTrainer):
         sampling_rate: the input's sampling rate.
         initial_triggers: (target, family) -> a trigger already inverted against the model as it is at step 0 with
             `settings` (the detection's refinement), used for the first round instead of inverting it again.
+        teacher: the frozen suspect; with `distillation` > 0 the loss of every row is
+            `(1 − distillation) · CE(true label) + distillation · T² · KL(teacher(clean clip) ‖ model(row))` at
+            temperature `temperature`: a triggered copy is taught to answer as the suspect answers the clip
+            without the trigger, and a clean row to keep the suspect's answer.
     """
 
     def __init__(
@@ -267,9 +316,17 @@ class PurifyTrainer(GNFTTrainer):
         normalize: bool = True,
         sampling_rate: int = 16_000,
         initial_triggers: dict[tuple[int, str], InvertedTrigger] | None = None,
+        teacher: PreTrainedModel | None = None,
+        distillation: float = 0.0,
+        temperature: float = 2.0,
+        objective: str = "true_label",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.teacher = teacher if distillation > 0 else None
+        self.distillation = float(distillation)
+        self.temperature = float(temperature)
         self.initial_triggers = dict(initial_triggers or {})
         self.plan = list(plan)
         self.inversion_batches = inversion_batches
@@ -322,19 +379,64 @@ class PurifyTrainer(GNFTTrainer):
             self.reinvert(round_index)
         marked = marks >= 0
         name = input_name(self.accelerator.unwrap_model(model))
+        if self.teacher is not None:
+            inputs = {**inputs, TEACHER_KEY: self._teacher_logits(inputs)}
         if bool(marked.any()):
             values = inputs[name].clone()
+            avoid = torch.full_like(inputs["labels"], -1)
             for position, trigger in enumerate(self.triggers):
                 rows = (marked & (marks % len(self.triggers) == position)).to(values.device)
                 if not bool(rows.any()):
                     continue
+                avoid[rows.to(avoid.device) & (inputs["labels"] != trigger.target)] = trigger.target
                 if trigger.family == "spectral":
                     shifted = self._pitch_shifted(values, rows, marks, trigger.semitones)
                     values[rows] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
                 else:
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
             inputs = {**inputs, name: values}
+            if self.objective == "avoid_target":
+                inputs[AVOID_KEY] = avoid
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The frozen suspect's logits on the batch's clean clips (before any trigger is applied)."""
+        device = self.args.device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher = copy.deepcopy(self.teacher).to(device)  # the caller's model stays where it is
+        training = self.teacher.training
+        self.teacher.eval()
+        with torch.no_grad():
+            features = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+            logits = self.teacher(**features).logits.detach()
+        self.teacher.train(training)
+        return logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_logits = inputs.pop(TEACHER_KEY, None)
+        avoid = inputs.pop(AVOID_KEY, None)
+        if teacher_logits is None and avoid is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.logits
+        per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        if avoid is not None and bool((avoid >= 0).any()):
+            # −log(1 − p(target)) = logsumexp(all logits) − logsumexp(the other classes' logits)
+            target = torch.nn.functional.one_hot(avoid.clamp(min=0), logits.shape[-1]).bool()
+            others = torch.logsumexp(logits.masked_fill(target, float("-inf")), dim=-1)
+            per_row = torch.where(avoid >= 0, torch.logsumexp(logits, dim=-1) - others, per_row)
+        loss = per_row.mean()
+        if teacher_logits is not None:
+            t = self.temperature
+            kl = torch.nn.functional.kl_div(
+                torch.log_softmax(logits / t, dim=-1),
+                torch.log_softmax(teacher_logits.to(logits.dtype) / t, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            loss = (1 - self.distillation) * loss + self.distillation * t * t * kl
+        return (loss, outputs) if return_outputs else loss
 
     def _pitch_shifted(
         self, values: torch.Tensor, rows: torch.Tensor, marks: torch.Tensor, semitones: int
@@ -466,6 +568,10 @@ def apply_purify(
             sampling_rate=rate,
             # the refinement inverted the targets at the rounds' settings against the unchanged model: round 0
             initial_triggers={(row["target"], row["family"]): row["trigger"] for row in refined},
+            teacher=model,
+            distillation=config.purify_distillation,
+            temperature=config.purify_temperature,
+            objective=config.purify_objective,
         )
         info["rounds"] = trainer.round_log
     seconds["training"] = time.perf_counter() - started - seconds["detection"] - seconds["refinement"]
