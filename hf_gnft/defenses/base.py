@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,11 @@ class DefenseOutcome:
 
     model: PreTrainedModel
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether a setting is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_clean_subset(clean: Dataset | None, defense: str) -> None:

@@ -32,7 +32,7 @@ from ..neurons import (
     select_layers,
 )
 from ..training import audio_batches, evaluate_backdoor
-from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune, is_finite_number
 from .gnft_config import DefenseConfig
 
 logger = logging.getLogger(__name__)
@@ -89,16 +89,12 @@ class FinePruningConfig(DefenseConfig):
             raise ValueError(f"fp_layers must be a non-empty list of layer indices, got {self.fp_layers!r}")
         if len(set(self.fp_layers)) != len(self.fp_layers):
             raise ValueError(f"fp_layers names a layer twice: {self.fp_layers}")
-        if not _is_number(self.fp_max_ratio) or not 0 < self.fp_max_ratio <= 1:
+        if not is_finite_number(self.fp_max_ratio) or not 0 < self.fp_max_ratio <= 1:
             raise ValueError(f"fp_max_ratio must be in (0, 1], got {self.fp_max_ratio!r}")
-        if not _is_number(self.fp_step_ratio) or not 0 < self.fp_step_ratio <= 1:
+        if not is_finite_number(self.fp_step_ratio) or not 0 < self.fp_step_ratio <= 1:
             raise ValueError(f"fp_step_ratio must be in (0, 1], got {self.fp_step_ratio!r}")
-        if not _is_number(self.fp_accuracy_tolerance) or not 0 <= self.fp_accuracy_tolerance <= 1:
+        if not is_finite_number(self.fp_accuracy_tolerance) or not 0 <= self.fp_accuracy_tolerance <= 1:
             raise ValueError(f"fp_accuracy_tolerance must be in [0, 1], got {self.fp_accuracy_tolerance!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def pruning_schedule(max_ratio: float, step_ratio: float) -> list[float]:

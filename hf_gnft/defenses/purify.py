@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,14 @@ from ..inversion import (
     supported_families,
 )
 from ..training import AudioClassificationCollator
-from .base import DefenseInputError, DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .base import (
+    DefenseInputError,
+    DefenseOutcome,
+    check_clean_subset,
+    copy_model,
+    fine_tune,
+    is_finite_number,
+)
 from .gnft_config import DefenseConfig
 from .gnft_trainer import GNFTTrainer
 
@@ -221,21 +227,13 @@ class PurifyConfig(DefenseConfig):
         if self.purify_objective not in OBJECTIVES:
             raise ValueError(f"purify_objective must be one of {OBJECTIVES}, got {self.purify_objective!r}")
         weight = self.purify_distillation
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        if not (is_finite_number(weight) and 0 <= weight <= 1):
             raise ValueError(f"purify_distillation must be in [0, 1], got {weight!r}")
         temperature = self.purify_temperature
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not (math.isfinite(temperature) and temperature > 0)
-        ):
+        if not (is_finite_number(temperature) and temperature > 0):
             raise ValueError(f"purify_temperature must be a finite number > 0, got {temperature!r}")
         ratio = self.purify_mix_ratio
-        if (
-            isinstance(ratio, bool)
-            or not isinstance(ratio, (int, float))
-            or not (math.isfinite(ratio) and ratio > 0)
-        ):
+        if not (is_finite_number(ratio) and ratio > 0):
             raise ValueError(f"purify_mix_ratio must be a finite number > 0, got {ratio!r}")
         for name in ("purify_detection_threshold", "purify_spectral_threshold"):
             value = getattr(self, name)
@@ -383,19 +381,20 @@ class PurifyTrainer(GNFTTrainer):
             inputs = {**inputs, TEACHER_KEY: self._teacher_logits(inputs)}
         if bool(marked.any()):
             values = inputs[name].clone()
-            avoid = torch.full_like(inputs["labels"], -1)
+            avoid = torch.full_like(inputs["labels"], -1) if self.objective == "avoid_target" else None
             for position, trigger in enumerate(self.triggers):
                 rows = (marked & (marks % len(self.triggers) == position)).to(values.device)
                 if not bool(rows.any()):
                     continue
-                avoid[rows.to(avoid.device) & (inputs["labels"] != trigger.target)] = trigger.target
+                if avoid is not None:
+                    avoid[rows.to(avoid.device) & (inputs["labels"] != trigger.target)] = trigger.target
                 if trigger.family == "spectral":
                     shifted = self._pitch_shifted(values, rows, marks, trigger.semitones)
                     values[rows] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
                 else:
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
             inputs = {**inputs, name: values}
-            if self.objective == "avoid_target":
+            if avoid is not None:
                 inputs[AVOID_KEY] = avoid
         return super().training_step(model, inputs, num_items_in_batch)
 

@@ -78,7 +78,7 @@ from transformers import PreTrainedModel, set_seed
 
 from ..neurons import WEIGHT_NEURON_KINDS, NeuronLayer, weight_neuron_layers
 from ..training import audio_batches, evaluate_backdoor
-from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune
+from .base import DefenseOutcome, check_clean_subset, copy_model, fine_tune, is_finite_number
 from .gnft_config import DefenseConfig
 
 logger = logging.getLogger(__name__)
@@ -160,9 +160,8 @@ class TSBDConfig(DefenseConfig):
 
         def ratio(name: str, low_closed: bool, high_closed: bool) -> None:
             value = getattr(self, name)
-            valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not (
-                valid
+                is_finite_number(value)
                 and (0 <= value if low_closed else 0 < value)
                 and (value <= 1 if high_closed else value < 1)
             ):
@@ -174,11 +173,7 @@ class TSBDConfig(DefenseConfig):
         if self.tsbd_accuracy_floor is not None:
             ratio("tsbd_accuracy_floor", low_closed=True, high_closed=False)
         rate = self.tsbd_unlearning_rate
-        if (
-            isinstance(rate, bool)
-            or not isinstance(rate, (int, float))
-            or not (math.isfinite(rate) and rate > 0)
-        ):
+        if not (is_finite_number(rate) and rate > 0):
             raise ValueError(f"tsbd_unlearning_rate must be a number > 0, got {rate!r}")
         for name in ("tsbd_max_unlearning_steps", "tsbd_unlearning_batch_size"):
             value = getattr(self, name)
