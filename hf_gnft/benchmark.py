@@ -598,6 +598,17 @@ def choose_cells(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple
     return chosen
 
 
+def closest_cells(rows: list[dict], key: tuple) -> tuple[float, list[dict]]:
+    """(value, its runs) of (model, trigger, defense) `key` with the smallest mean validation drop over seeds: what
+    the table shows, marked, where no value kept the drop within the limit."""
+    by_value: dict[float, list[dict]] = {}
+    for row in rows:
+        if (row["model"], row["trigger"], row["defense"]) == key and not row.get("unsupported"):
+            by_value.setdefault(float(row["value"]), []).append(row)
+    value = min(by_value, key=lambda v: statistics.mean(validation_drop(r) for r in by_value[v]))
+    return value, by_value[value]
+
+
 def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
     seeds), with its wall time and peak memory relative to the reference defense's in the same run; a defense
@@ -619,7 +630,8 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     lines = [
         f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
         f"{100 * config.max_validation_drop:g} pp, or with the re-inversion check the least re-invertible of those); CA / ASR / RA in %, mean ± std over seeds; time and memory "
-        f"relative to the mean of all {config.reference!r} runs on the same suspect. '—': no value qualified. ASR after "
+        f"relative to the mean of all {config.reference!r} runs on the same suspect. '— (closest: ...)': no value "
+        f"qualified; the row shows the value with the smallest mean validation drop, which the rule would not publish. ASR after "
         f"retuning: after fine-tuning on 5 triggered clips mixed into the clean subset (Min et al., NeurIPS 2024), "
         f"when the grid runs the check; the backdoored row shows the suspect's. Re-inversion: the largest share of "
         f"held-out clean validation clips a fresh inversion sends to a suspected target (clean data only; with "
@@ -641,16 +653,20 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             f"| {_retuned_asr(suspect_rows, 'before')} | {_reinversion(suspect_rows, 'max_success_before')} | | |"
         )
         for defense, choice in _choices(rows, chosen, config, model, trigger, refused):
-            if choice is None or choice == UNSUPPORTED:
-                lines.append(f"| {model} | {trigger} | {defense} | {choice or '—'} | | | | | | | | |")
+            if choice == UNSUPPORTED:
+                lines.append(f"| {model} | {trigger} | {defense} | {choice} | | | | | | | | |")
                 continue
-            value, runs = choice
+            missed = choice is None
+            value, runs = closest_cells(rows, (model, trigger, defense)) if missed else choice
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
             ref_memory = reference.get((model, trigger), (None, None))[1]
             time_ratio = _time_ratio(runs, reference, model, trigger)
             memory_ratio = f"{statistics.mean(memory) / ref_memory:.2f}" if memory and ref_memory else ""
+            knob = f"{runs[0]['knob']}={value:g}"
+            if missed:
+                knob = f"— (closest: {knob}, validation drop {_pct([validation_drop(r) for r in runs])})"
             lines.append(
-                f"| {model} | {trigger} | {defense} | {runs[0]['knob']}={value:g} "
+                f"| {model} | {trigger} | {defense} | {knob} "
                 f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
                 f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
                 f"| {_pct([r['after']['robust_accuracy'] for r in runs])} "
@@ -707,14 +723,18 @@ def _clean_model_table(
     ]
     for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
         for defense, choice in _choices(rows, chosen, config, model, CLEAN, refused):
-            if choice is None or choice == UNSUPPORTED:
-                lines.append(f"| {model} | {defense} | {choice or '—'} | | | | | | |")
+            if choice == UNSUPPORTED:
+                lines.append(f"| {model} | {defense} | {choice} | | | | | | |")
                 continue
-            value, runs = choice
+            missed = choice is None
+            value, runs = closest_cells(rows, (model, CLEAN, defense)) if missed else choice
+            knob = f"{runs[0]['knob']}={value:g}"
+            if missed:
+                knob = f"— (closest: {knob})"
             before = runs[0]["before"]["clean_accuracy"]
             drops = [before - r["after"]["clean_accuracy"] for r in runs]
             lines.append(
-                f"| {model} | {defense} | {runs[0]['knob']}={value:g} | {100 * before:.1f} "
+                f"| {model} | {defense} | {knob} | {100 * before:.1f} "
                 f"| {_pct([r['after']['clean_accuracy'] for r in runs])} | {_pct(drops)} "
                 f"| {_pct([validation_drop(r) for r in runs])} | {_reinversion(runs, 'max_success_after')} "
                 f"| {_time_ratio(runs, reference, model, CLEAN)} |"

@@ -92,6 +92,29 @@ def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
     assert chosen[("m", "t", "clp")][0] == 4.0
 
 
+def test_where_no_value_qualifies_the_table_shows_the_closest_marked(tmp_path):
+    from hf_gnft.benchmark import closest_cells
+
+    config = BenchmarkConfig(**grid(tmp_path))
+
+    def row(value, seed, drop, ca_after, asr_after):
+        metrics = {"clean_accuracy": 0.95, "attack_success_rate": 0.9, "robust_accuracy": 0.1}
+        return {"model": "m", "trigger": "t", "defense": "ft", "knob": "learning_rate", "value": value,
+                "seed": seed, "before": metrics, "seconds": 1.0, "peak_mib": None, "der": 0.5, "retuned": None,
+                "after": {"clean_accuracy": ca_after, "attack_success_rate": asr_after, "robust_accuracy": 0.5},
+                "validation_accuracy": {"before": 0.9, "after": 0.9 - drop}}  # fmt: skip
+
+    rows = [row(0.01, 0, 0.03, 0.93, 0.8), row(0.01, 1, 0.05, 0.91, 0.7), row(0.05, 0, 0.06, 0.9, 0.1)]
+    assert ("m", "t", "ft") not in choose_cells(rows, config)  # 4 and 6 points: over the 2-point limit
+    value, runs = closest_cells(rows, ("m", "t", "ft"))
+    assert value == 0.01 and len(runs) == 2
+    line = next(line for line in summarise(rows, config).splitlines() if line.startswith("| m | t | ft |"))
+    assert (
+        "— (closest: learning_rate=0.01, validation drop 4.0 ± 1.4)" in line
+        and "| 92.0 ± 1.4 | 75.0 ± 7.1 |" in line
+    )
+
+
 def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
     defenses = {"ft": {}, "fp": {"knob": "learning_rate", "settings": {"fp_accuracy_tolerance": 0.05}, "grid": [0.02, 0.05]},
                 "fp-tol": {"method": "fp", "grid": [0.02]}}  # fmt: skip

@@ -25,7 +25,9 @@ from hf_gnft.defenses.purify import (
     PurifyConfig,
     PurifyTrainer,
     apply_purify,
+    interpolate_weights,
     mixed_training_set,
+    walk_back,
 )
 from hf_gnft.inversion import (
     ClassInversion,
@@ -87,6 +89,11 @@ def backdoor_metrics(planted, model):
         ({"purify_temperature": 0.0}, "purify_temperature"),
         ({"purify_temperature": float("nan")}, "purify_temperature"),
         ({"purify_objective": "forget"}, "purify_objective"),
+        ({"purify_interpolation_step": 1.0}, "purify_interpolation_step"),
+        ({"purify_interpolation_step": -0.1}, "purify_interpolation_step"),
+        ({"purify_interpolation_step": float("nan")}, "purify_interpolation_step"),
+        ({"purify_interpolation_tolerance": 1.5}, "purify_interpolation_tolerance"),
+        ({"purify_interpolation_tolerance": float("inf")}, "purify_interpolation_tolerance"),
     ],
 )
 def test_bad_purify_config_is_refused(tmp_path, overrides, message):
@@ -357,12 +364,79 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     assert [(r["round"], r["step"]) for r in outcome.info["rounds"]] == [(0, 0), (1, 7), (2, 14)]
     # round 0 takes the refinement's trigger (inverted against the same, unchanged model); later rounds invert
     assert [r["reused"] for r in outcome.info["rounds"]] == [1, 0, 0]
-    assert set(outcome.info["seconds"]) == {"detection", "refinement", "training", "round_inversions"}
+    assert set(outcome.info["seconds"]) == {
+        "detection", "refinement", "training", "round_inversions", "interpolation"
+    }  # fmt: skip
     assert outcome.info["rounds"][0]["triggers"][0]["success"] >= 0.9
+    assert "interpolation" not in outcome.info and outcome.info["seconds"]["interpolation"] == 0.0  # off
     assert after.attack_success_rate <= 0.1 and after.clean_accuracy >= before.clean_accuracy - 0.05
     assert after_ft.attack_success_rate >= 0.9
     # the suspect is untouched
     assert backdoor_metrics(planted, planted.model).attack_success_rate == 1.0
+
+
+def test_interpolated_weights_lie_on_the_line_between_the_two_models():
+    start, end = nn.Linear(3, 2), nn.Linear(3, 2)
+    model = nn.Linear(3, 2)
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (start, end)]
+    for weight in (0.0, 0.3, 1.0):
+        interpolate_weights(model, *states, weight)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(value, states[0][key] + weight * (states[1][key] - states[0][key]))
+
+
+@pytest.mark.parametrize(
+    "step, tolerance, kept, tried",
+    [
+        (0.1, 0.05, 1.0, [1.0, 0.9]),  # the first step back makes the trigger 0.1 easier: stay
+        (0.1, 0.25, 0.8, [1.0, 0.9, 0.8, 0.7]),
+        (0.25, 1 - 1e-6, 0.25, [1.0, 0.75, 0.5, 0.25]),  # never easier enough: as far as the steps go
+        (0.0, 0.5, 1.0, [1.0]),  # no walk
+    ],
+)
+def test_the_walk_back_keeps_the_last_weight_whose_re_inversion_stays_within_the_tolerance(
+    monkeypatch, step, tolerance, kept, tried
+):
+    import hf_gnft.defenses.purify as purify
+
+    suspect, purified = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        suspect.weight.fill_(0.0)
+        purified.weight.fill_(1.0)
+    # a stand-in inversion whose success grows as the weights return to the suspect's: 1 − w
+    calls = []
+
+    def fake_invert(model, batches, target, family, settings, **kwargs):
+        calls.append((target, family))
+        return SimpleNamespace(success=1.0 - float(model.weight))
+
+    monkeypatch.setattr(purify, "invert", fake_invert)
+    record = walk_back(suspect, purified, [(3, "additive")], {3: []}, InversionSettings(), step, tolerance)
+    assert record["weight"] == pytest.approx(kept)
+    assert [row["weight"] for row in record["path"]] == pytest.approx(tried)
+    assert [row["success"] for row in record["path"]] == pytest.approx([1 - w for w in tried], abs=1e-4)
+    assert float(purified.weight) == pytest.approx(kept)  # the model ends at the kept weight
+    assert float(suspect.weight) == 0.0 and set(calls) == {(3, "additive")}
+
+
+def test_purify_records_its_walk_back_and_ends_at_the_kept_weight(planted_backdoor, tmp_path):
+    planted = planted_backdoor
+    settings = dict(purify_families=["additive"], seed=0)
+    plain = apply_purify(planted.model, planted.extractor, planted.clean, purify_config(tmp_path, **settings))
+    outcome = apply_purify(planted.model, planted.extractor, planted.clean,
+                           purify_config(tmp_path, purify_interpolation_step=0.25, **settings))  # fmt: skip
+    walk = outcome.info["interpolation"]
+    print(walk)
+    assert walk["path"][0] == {"weight": 1.0, "success": walk["reference"]}
+    assert [row["weight"] for row in walk["path"]] == [1.0, 0.75, 0.5, 0.25][: len(walk["path"])]
+    kept = [row for row in walk["path"] if row["weight"] >= walk["weight"]]
+    assert all(row["success"] <= walk["reference"] + walk["tolerance"] for row in kept)
+    # training is deterministic: the walk's model is the kept point between the suspect and the plain purification
+    suspect, purified = planted.model.state_dict(), plain.model.state_dict()
+    for key, value in outcome.model.state_dict().items():
+        if value.is_floating_point():
+            expected = suspect[key] + walk["weight"] * (purified[key] - suspect[key])
+            torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_planted_backdoor(
