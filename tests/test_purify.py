@@ -94,6 +94,10 @@ def backdoor_metrics(planted, model):
         ({"purify_interpolation_step": float("nan")}, "purify_interpolation_step"),
         ({"purify_interpolation_tolerance": 1.5}, "purify_interpolation_tolerance"),
         ({"purify_interpolation_tolerance": float("inf")}, "purify_interpolation_tolerance"),
+        ({"purify_interpolation_weight": 0.0}, "purify_interpolation_weight"),
+        ({"purify_interpolation_weight": 1.5}, "purify_interpolation_weight"),
+        ({"purify_interpolation_weight": float("nan")}, "purify_interpolation_weight"),
+        ({"purify_interpolation_weight": 0.5, "purify_interpolation_step": 0.1}, "set one"),
     ],
 )
 def test_bad_purify_config_is_refused(tmp_path, overrides, message):
@@ -419,18 +423,26 @@ def test_the_walk_back_keeps_the_last_weight_whose_re_inversion_stays_within_the
     assert float(suspect.weight) == 0.0 and set(calls) == {(3, "additive")}
 
 
-def test_purify_records_its_walk_back_and_ends_at_the_kept_weight(planted_backdoor, tmp_path):
+@pytest.mark.parametrize(
+    "interpolation", [{"purify_interpolation_step": 0.25}, {"purify_interpolation_weight": 0.4}]
+)
+def test_purify_interpolates_towards_the_suspect_and_records_the_weight(
+    planted_backdoor, tmp_path, interpolation
+):
     planted = planted_backdoor
     settings = dict(purify_families=["additive"], seed=0)
     plain = apply_purify(planted.model, planted.extractor, planted.clean, purify_config(tmp_path, **settings))
     outcome = apply_purify(planted.model, planted.extractor, planted.clean,
-                           purify_config(tmp_path, purify_interpolation_step=0.25, **settings))  # fmt: skip
+                           purify_config(tmp_path, **interpolation, **settings))  # fmt: skip
     walk = outcome.info["interpolation"]
     print(walk)
-    assert walk["path"][0] == {"weight": 1.0, "success": walk["reference"]}
-    assert [row["weight"] for row in walk["path"]] == [1.0, 0.75, 0.5, 0.25][: len(walk["path"])]
-    kept = [row for row in walk["path"] if row["weight"] >= walk["weight"]]
-    assert all(row["success"] <= walk["reference"] + walk["tolerance"] for row in kept)
+    if "purify_interpolation_weight" in interpolation:
+        assert walk == {"weight": 0.4, "fixed": True}
+    else:
+        assert walk["path"][0] == {"weight": 1.0, "success": walk["reference"]}
+        assert [row["weight"] for row in walk["path"]] == [1.0, 0.75, 0.5, 0.25][: len(walk["path"])]
+        kept = [row for row in walk["path"] if row["weight"] >= walk["weight"]]
+        assert all(row["success"] <= walk["reference"] + walk["tolerance"] for row in kept)
     # training is deterministic: the walk's model is the kept point between the suspect and the plain purification
     suspect, purified = planted.model.state_dict(), plain.model.state_dict()
     for key, value in outcome.model.state_dict().items():

@@ -10,10 +10,11 @@ The defender has the suspect and a small clean labelled subset. Purification
    clips carrying the inverted triggers, with their TRUE labels, so that the trigger stops meaning "target";
 3. **re-inverts** against the current model at the start of each of `purify_rounds` rounds (one training run,
    one schedule, rounds split its steps), so the next round unlearns whatever shortcut is still there.
-4. optionally (`purify_interpolation_step`, off by default) **walks back** towards the suspect's weights along the
-   straight line between the two while a fresh inversion on held-out clean clips finds the trigger no easier
-   ([`walk_back`]): much of the CA cost lies on the last part of that line, but the inversion can miss what is
-   left of a trigger.
+4. optionally keeps only a share w of the weight change (`purify_interpolation_weight`, chosen by the defender's
+   rule on clean validation accuracy), or **walks back** towards the suspect's weights along the straight line
+   between the two while a fresh inversion on held-out clean clips finds the trigger no easier
+   (`purify_interpolation_step`, [`walk_back`]): much of the CA cost lies on the last part of that line, but the
+   inversion can miss what is left of a trigger, so neither is on by default.
 
 A model in which no class stands out is not touched by unlearning: purification then runs GN-FT with the same
 number of steps and `info["fallback"]` says so (the card too).
@@ -153,6 +154,11 @@ class PurifyConfig(DefenseConfig):
             100%.
         purify_interpolation_tolerance (`float`, *optional*, defaults to `0.0`):
             How much more the re-inversion may succeed on an interpolated model than on the purified one.
+        purify_interpolation_weight (`float`, *optional*, defaults to `1.0`):
+            A fixed w in (0, 1]: the published weights are θ_suspect + w · (θ_trained − θ_suspect), the share of
+            the training's change that is kept (also after the GN-FT fallback). The benchmark's knob beside the
+            learning rate: unlike the walk it does not trust the re-inversion, and the defender's rule (the clean
+            validation drop) chooses it. Not with `purify_interpolation_step` > 0.
     """
 
     num_train_epochs: float = field(
@@ -232,6 +238,10 @@ class PurifyConfig(DefenseConfig):
             "succeeds no more than the tolerance above its success on the purified weights (0: no walk)."
         },
     )
+    purify_interpolation_weight: float = field(
+        default=1.0,
+        metadata={"help": "Share w in (0, 1] of the training's weight change that is kept (1: all of it)."},
+    )
     purify_interpolation_tolerance: float = field(
         default=0.0,
         metadata={"help": "The most a re-inversion may gain over the purified weights' along the walk back."},
@@ -266,6 +276,13 @@ class PurifyConfig(DefenseConfig):
         tolerance = self.purify_interpolation_tolerance
         if not (is_finite_number(tolerance) and 0 <= tolerance < 1):
             raise ValueError(f"purify_interpolation_tolerance must be in [0, 1), got {tolerance!r}")
+        weight = self.purify_interpolation_weight
+        if not (is_finite_number(weight) and 0 < weight <= 1):
+            raise ValueError(f"purify_interpolation_weight must be in (0, 1], got {weight!r}")
+        if weight != 1 and step > 0:
+            raise ValueError(
+                "purify_interpolation_weight fixes the weight that purify_interpolation_step searches for: set one"
+            )
         ratio = self.purify_mix_ratio
         if not (is_finite_number(ratio) and ratio > 0):
             raise ValueError(f"purify_mix_ratio must be a finite number > 0, got {ratio!r}")
@@ -685,6 +702,11 @@ def apply_purify(
                 config.purify_interpolation_step, config.purify_interpolation_tolerance,
                 normalize=normalize, sampling_rate=rate,
             )  # fmt: skip
+    if config.purify_interpolation_weight < 1:
+        trained = {key: value.detach().clone() for key, value in defended.state_dict().items()}
+        suspect = {key: value.detach() for key, value in model.state_dict().items()}
+        interpolate_weights(defended, suspect, trained, config.purify_interpolation_weight)
+        info["interpolation"] = {"weight": config.purify_interpolation_weight, "fixed": True}
     seconds["interpolation"] = info.get("interpolation", {}).get("seconds", 0.0)
     seconds["training"] = (
         time.perf_counter()
