@@ -149,9 +149,9 @@ class PurifyConfig(DefenseConfig):
             data only). Off by default, because that inversion can miss what is left of a trigger. Measured (one
             seed, lr 0.01, CA / ASR % at w against w 1; benchmarks/purify_probe.py's suspects): tiny HuBERT PBSM
             88.7 / 5.9 at w 0.6 against 85.7 / 2.2; tiny Wav2Vec2 style 95.7 / 0.7 at 0.9 against 94.7 / 0.7; but
-            on a tiny HuBERT tone suspect the inversion succeeded 2% at w 0.9 and 1% at w 1 while the ASR was 59% and
-            39%, and on the planted-backdoor twin of the tests it found nothing down to w 0.5, where the ASR is
-            100%.
+            on a tiny HuBERT tone suspect the inversion succeeded 2.2% at w 0.75 and 1.1% at w 0.9 while the ASR was
+            50.9% and 16.4%, and on the planted-backdoor twin of the tests it found nothing down to w 0.5, where the
+            ASR is 100%.
         purify_interpolation_tolerance (`float`, *optional*, defaults to `0.0`):
             How much more the re-inversion may succeed on an interpolated model than on the purified one.
         purify_interpolation_weight (`float`, *optional*, defaults to `1.0`):
