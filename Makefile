@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table attack-table-paper bench-paper observation \
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table attack-table-paper bench-paper bench-paper-cpu observation \
 	scan-validation clean
 
 $(STAMP): setup.py
@@ -74,10 +74,13 @@ attack-table: $(STAMP)
 
 attack-table-paper: $(STAMP)  # the GN-FT paper's MFCC networks x the reference triggers, and each trained clean; resumable
 	$(PY) benchmarks/attack_table.py --models smallcnn smalllstm lstmwithattention resnet largecnn rnn --clean \
-		--table attack_table_paper --output_dir outputs/attack_table_paper
+		--table attack_table_paper --output_dir outputs/paper/suspects
 
 bench-paper: $(STAMP)  # the paper's setting on its MFCC networks (benchmarks/grids/paper.yaml); resumable, long
 	$(PY) recipes/benchmark.py benchmarks/grids/paper.yaml
+
+bench-paper-cpu: $(STAMP)  # the part of the paper's grid that fits 2 CPU cores: GN-FT against FT on smallcnn; resumable
+	$(PY) recipes/benchmark.py benchmarks/grids/paper-cpu.yaml
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

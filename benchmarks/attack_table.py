@@ -4,7 +4,9 @@ against the GN-FT paper's MFCC networks (`make attack-table-paper`).
 Trains one backdoored model per (model, trigger) cell with the default attack recipe (10% dirty-label
 poisoning, target "yes", 15 epochs unless told otherwise) and, with `--clean`, one model per family without
 poisoning (trigger "none": its clean accuracy), and writes `benchmarks/results/<table>.jsonl` (one row per cell)
-and `benchmarks/<table>.md`. Resumable: a cell whose `metrics.json` exists is not re-run.
+and `benchmarks/<table>.md`. Resumable: a cell whose `metrics.json` exists is not re-run, and the rows of cells
+this run does not name stay in the table (so families can be added one session at a time; each row keeps the
+machine it was measured on).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from hf_gnft.attack import METRICS_FILE, AttackArguments, ModelArguments, run_attack
 from hf_gnft.data.arguments import DataArguments
+from hf_gnft.outputs import atomic_write_text
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import reference_triggers
 
@@ -58,7 +61,13 @@ def main() -> None:
     names = [*args.triggers, *(["none"] if args.clean else [])]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    rows = []
+    table_rows = HERE / "results" / f"{args.table}.jsonl"
+    table = {}
+    if table_rows.exists():
+        for line in table_rows.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                table[(row["model"], row["trigger"])] = row
     for model in args.models:
         for name in names:
             cell = Path(args.output_dir) / f"{model}-{name}"
@@ -73,28 +82,17 @@ def main() -> None:
                     ),
                 )
             metrics = json.loads((cell / METRICS_FILE).read_text())
-            rows.append(
-                {
-                    "model": model,
-                    "trigger": name,
-                    **{
-                        k: metrics.get(k)
-                        for k in (
-                            "clean_accuracy",
-                            "attack_success_rate",
-                            "robust_accuracy",
-                            "train_seconds",
-                            "machine",
-                        )
-                    },
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    with open(results / f"{args.table}.jsonl", "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+            keys = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "train_seconds", "machine")
+            table[(model, name)] = {"model": model, "trigger": name, **{k: metrics.get(k) for k in keys}}
+            print(json.dumps(table[(model, name)]), flush=True)
+            write_table(table, args.table, table_rows)
+
+
+def write_table(table: dict[tuple[str, str], dict], name: str, table_rows: Path) -> None:
+    """Writes every row measured so far (this run's and earlier runs') to the JSONL file and the Markdown table."""
+    rows = sorted(table.values(), key=lambda row: (row["model"], row["trigger"] == "none", row["trigger"]))
+    table_rows.parent.mkdir(exist_ok=True)
+    atomic_write_text(table_rows, "".join(json.dumps(row) + "\n" for row in rows))
     lines = [
         "| model | trigger | CA % | ASR % | RA % | train s |",
         "|---|---|---|---|---|---|",
@@ -104,10 +102,10 @@ def main() -> None:
             for r in rows
         ),
         "",
-        f"Machine: {machine()}. Command: `python benchmarks/attack_table.py {' '.join(sys.argv[1:])}`.",
+        f"Machine: {machine()} (each row's own in `results/{name}.jsonl`). Last command: "
+        f"`python benchmarks/attack_table.py {' '.join(sys.argv[1:])}`; rows of earlier runs are kept.",
     ]
-    (HERE / f"{args.table}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    atomic_write_text(HERE / f"{name}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

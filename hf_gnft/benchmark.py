@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -284,6 +285,7 @@ class Benchmark:
         self._dataset = None
         self._triggered: dict[str, Any] = {}
         self._detections: dict[str, Any] = {}
+        self._finished: list[dict] = []
 
     # ------------------------------------------------------------------------------------------- data
 
@@ -395,6 +397,35 @@ class Benchmark:
             )
         return record
 
+    def check_same_suspect(self, model_name: str, trigger: Any, suspect: Path, before: dict) -> None:
+        """The finished cells of (model, trigger) must have been measured on this very suspect. A suspect trained
+        again (its cache lost with a session's outputs) is not bit-identical across machines and thread counts, so
+        its cells would not be comparable with the old ones; the run stops before mixing them."""
+        name = trigger_name(trigger)
+        for row in self._finished:
+            if row["model"] != model_name or row["trigger"] != name or "before" not in row:
+                continue
+            recorded = row["before"]
+            same = all(
+                (recorded.get(key) is None and before.get(key) is None)
+                or (
+                    recorded.get(key) is not None
+                    and before.get(key) is not None
+                    and math.isclose(recorded[key], before[key], abs_tol=1e-9)
+                )
+                for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+            )
+            if not same:
+                raise BenchmarkSuspectError(
+                    f"the finished cells of {model_name} / {name} in {self.results_path} were measured on a "
+                    f"suspect with clean accuracy {recorded['clean_accuracy']}, ASR {recorded['attack_success_rate']}"
+                    f", but {suspect} now measures {before['clean_accuracy']}, {before['attack_success_rate']}: "
+                    "it was trained again, and a retrained suspect is not bit-identical, so the new cells would "
+                    f"not be comparable. Restore the original suspect in {self.suspects_dir}, or move this "
+                    "suspect's rows out of the results file to measure them all again."
+                )
+            return
+
     def retuned(self, model, extractor, suspect: Path, clean, seed: int) -> dict:
         """CA / ASR / RA of `model` after the retuning check on the cell's clean subset (seeded by the cell)."""
         spec, triggered = self.triggered(suspect)
@@ -440,6 +471,7 @@ class Benchmark:
         method = entry.defense
         suspect = self.suspect(model_name, trigger)
         before = self.before(suspect)
+        self.check_same_suspect(model_name, trigger, suspect, before)
         spec, triggered = self.triggered(suspect)
         model, extractor = load_suspect_model(str(suspect))
         clean = CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
@@ -505,6 +537,7 @@ class Benchmark:
         if not machine.exists():
             atomic_write_text(machine, json.dumps(machine_description(), indent=2))
         rows = self.rows()
+        self._finished = rows
         done = {(r["model"], r["trigger"], r["defense"], float(r["value"]), int(r["seed"])) for r in rows}
         todo = [cell for cell in self.cells() if self.key(*cell) not in done]
         total = len(self.cells())
@@ -790,7 +823,8 @@ def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Pa
     for axis in list(axes.flat)[len(suspects) :]:
         axis.set_visible(False)
     axes.flat[0].legend(fontsize=7, loc="lower left")
-    figure.suptitle("CA vs ASR over each defense's grid (seed means); dotted: ASR 5%, CA − 2 pp", fontsize=10)
+    title = "CA vs ASR over each defense's grid (seed means); dotted: ASR 5%, CA − 2 pp"
+    figure.suptitle(title if columns > 1 else title.replace("; ", "\n"), fontsize=10)  # one panel: two lines
     figure.tight_layout()
     curves = output_dir / "ca_vs_asr.png"
     figure.savefig(curves, dpi=110)

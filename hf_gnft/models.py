@@ -95,14 +95,17 @@ def _sha256(paths: list[Path]) -> str:
 
 
 def _custom_code(config: dict) -> list[str]:
-    """Entries of a config dict that point at code outside transformers."""
+    """Entries of a config dict that point at code outside transformers and `hf_gnft` (whose registered models,
+    the MFCC networks, are loaded by name from this package, never from the checkpoint)."""
     import transformers
+
+    from .mfcc_models import REGISTERED_ARCHITECTURES
 
     found = [f"auto_map.{key} = {value}" for key, value in sorted((config.get("auto_map") or {}).items())]
     found += [
         f"architectures: {name} (not a transformers class)"
         for name in config.get("architectures") or []
-        if not hasattr(transformers, name)
+        if not hasattr(transformers, name) and name not in REGISTERED_ARCHITECTURES
     ]
     return found
 

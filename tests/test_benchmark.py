@@ -177,6 +177,23 @@ def test_a_suspect_below_the_accuracy_floor_stops_the_run_before_any_cell(tmp_pa
     assert len((tmp_path / "bench" / "results.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_retrained_suspect_is_not_mixed_with_cells_measured_on_the_old_one(tmp_path):
+    path = write_grid(tmp_path)
+    benchmark_recipe.main([str(path), "--limit", "1"])
+    results = tmp_path / "bench" / "results.jsonl"
+    finished = results.read_text()
+    # The suspect's cache trained again elsewhere: the same folder, other numbers.
+    cached = tmp_path / "bench" / "suspects" / "tiny-wav2vec2-noise_burst" / "before.json"
+    before = json.loads(cached.read_text())
+    cached.write_text(json.dumps({**before, "clean_accuracy": before["clean_accuracy"] + 0.01}))
+    with pytest.raises(BenchmarkSuspectError, match=r"trained again.*Restore the original suspect"):
+        benchmark_recipe.main([str(path), "--limit", "1"])
+    assert results.read_text() == finished  # nothing appended
+    cached.write_text(json.dumps(before))  # the original suspect back: the run goes on
+    benchmark_recipe.main([str(path), "--limit", "1"])
+    assert len(results.read_text().splitlines()) == 2
+
+
 def test_empty_clean_subset_is_refused(tmp_path):
     path = write_grid(tmp_path, clean_fraction=0.001)
     with pytest.raises(CleanDataError, match="clean set is empty"):
@@ -216,6 +233,17 @@ def test_shipped_paper_grid_parses():
         authors.method == "gn-ft" and authors.settings["gn_norm"] == "per_tensor" and authors.grid == [0.001]
     )
     assert {"ft", "gn-ft", "ft-sam", "tsbd", "purify"} <= {e.method for e in config.defenses.values()}
+
+
+def test_shipped_paper_cpu_grid_is_a_subset_of_the_paper_grid():
+    grids = Path(__file__).resolve().parents[1] / "benchmarks" / "grids"
+    paper = BenchmarkConfig.from_yaml(grids / "paper.yaml")
+    cpu = BenchmarkConfig.from_yaml(grids / "paper-cpu.yaml")
+    assert set(cpu.models) <= set(paper.models) and set(cpu.triggers) <= set(paper.triggers)
+    assert cpu.suspects_dir == paper.suspects_dir and cpu.seeds == [0, 1, 2] and cpu.retuning
+    for name in ("ft-authors", "gn-ft-authors"):  # the authors' settings exactly as in the full grid
+        assert cpu.defenses[name].settings == paper.defenses[name].settings
+        assert cpu.defenses[name].grid == paper.defenses[name].grid
 
 
 def test_shipped_anp_variants_grid_parses():

@@ -143,6 +143,19 @@ def test_loading_without_import_hf_gnft_fails_naming_it(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_saved_family_is_not_reported_as_custom_code_but_a_foreign_architecture_is(tmp_path):
+    model, extractor = build_model("smallcnn", LABELS)
+    model.save_pretrained(tmp_path / "m")
+    extractor.save_pretrained(tmp_path / "m")
+    _, _, provenance = load_suspect_model(str(tmp_path / "m"), return_provenance=True)
+    assert provenance.custom_code == []  # hf_gnft's own registered class, loaded from this package
+    config_path = tmp_path / "m" / "config.json"
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**saved, "architectures": ["SomebodysOwnClassifier"]}))
+    _, _, provenance = load_suspect_model(str(tmp_path / "m"), return_provenance=True)
+    assert provenance.custom_code == ["architectures: SomebodysOwnClassifier (not a transformers class)"]
+
+
 def test_gnft_on_a_batchnorm_family_updates_the_running_statistics_once_per_step(tmp_path):
     """The second (perturbed) pass of GN-FT must not move BatchNorm statistics: on the paper's ResNet, after two
     steps the statistics equal plain fine-tuning's with the same batches (α = 0 takes one pass)."""

@@ -27,6 +27,10 @@ AutoModelForAudioClassification.register(
 )
 AutoFeatureExtractor.register(MFCCClassifierConfig, MFCCFeatureExtractor, exist_ok=True)
 
+#: the `architectures` names of the models this package registers: code shipped with `hf_gnft`, which the
+#: checkpoint inspection does not report as custom code
+REGISTERED_ARCHITECTURES = frozenset({MFCCClassifierForAudioClassification.__name__})
+
 __all__ = [
     "FAMILY_NETWORKS",
     "MFCC_FAMILIES",
@@ -35,4 +39,5 @@ __all__ = [
     "MFCCClassifierForAudioClassification",
     "MFCCClassifierPreTrainedModel",
     "MFCCFeatureExtractor",
+    "REGISTERED_ARCHITECTURES",
 ]
