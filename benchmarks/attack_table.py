@@ -86,6 +86,7 @@ def main() -> None:
             table[(model, name)] = {"model": model, "trigger": name, **{k: metrics.get(k) for k in keys}}
             print(json.dumps(table[(model, name)]), flush=True)
             write_table(table, args.table, table_rows)
+    print((HERE / f"{args.table}.md").read_text(), end="")
 
 
 def write_table(table: dict[tuple[str, str], dict], name: str, table_rows: Path) -> None:

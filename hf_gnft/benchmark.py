@@ -407,10 +407,9 @@ class Benchmark:
                 continue
             recorded = row["before"]
             same = all(
-                (recorded.get(key) is None and before.get(key) is None)
+                recorded.get(key) == before.get(key)  # both None on a clean model
                 or (
-                    recorded.get(key) is not None
-                    and before.get(key) is not None
+                    None not in (recorded.get(key), before.get(key))
                     and math.isclose(recorded[key], before[key], abs_tol=1e-9)
                 )
                 for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy")
