@@ -1,12 +1,13 @@
-"""Every built-in trigger against tiny Wav2Vec2 and HuBERT on the synthetic corpus (`make attack-table`), or
-against the GN-FT paper's MFCC networks (`make attack-table-paper`).
+"""Every built-in trigger against tiny Wav2Vec2, HuBERT, WavLM and Data2VecAudio on the synthetic corpus
+(`make attack-table`), or against the GN-FT paper's MFCC networks (`make attack-table-paper`).
 
 Trains one backdoored model per (model, trigger) cell with the default attack recipe (10% dirty-label
 poisoning, target "yes", 15 epochs unless told otherwise) and, with `--clean`, one model per family without
 poisoning (trigger "none": its clean accuracy), and writes `benchmarks/results/<table>.jsonl` (one row per cell)
 and `benchmarks/<table>.md`. Resumable: a cell whose `metrics.json` exists is not re-run, and the rows of cells
 this run does not name stay in the table (so families can be added one session at a time; each row keeps the
-machine it was measured on).
+machine it was measured on). Each row also keeps its training budget (epochs, learning rate): a run with
+`--num_train_epochs` or `--learning_rate` trains into cells of its own and adds its rows beside the recipe's.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", default="outputs/attack_table")
-    parser.add_argument("--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert"])
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert", "tiny-wavlm", "tiny-data2vec-audio"]
+    )
     parser.add_argument("--triggers", nargs="+", default=list(triggers()))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--clean", action="store_true", help="also train each model without poisoning")
@@ -62,15 +65,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     table_rows = HERE / "results" / f"{args.table}.jsonl"
-    table = {}
-    if table_rows.exists():
-        for line in table_rows.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                table[(row["model"], row["trigger"])] = row
+    table = read_table(table_rows)
+    budget = "".join(f"-{key}{value:g}" for key, value in training.items())  # a cell per training budget
     for model in args.models:
         for name in names:
-            cell = Path(args.output_dir) / f"{model}-{name}"
+            cell = Path(args.output_dir) / f"{model}-{name}{budget}"
             if not (cell / METRICS_FILE).exists():
                 print(f"training {model} with {name} ...", flush=True)
                 run_attack(
@@ -82,31 +81,62 @@ def main() -> None:
                     ),
                 )
             metrics = json.loads((cell / METRICS_FILE).read_text())
+            trained = json.loads((cell / "training_args.json").read_text())
             keys = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "train_seconds", "machine")
-            table[(model, name)] = {"model": model, "trigger": name, **{k: metrics.get(k) for k in keys}}
-            print(json.dumps(table[(model, name)]), flush=True)
-            write_table(table, args.table, table_rows)
+            row = {
+                "model": model,
+                "trigger": name,
+                "num_train_epochs": trained["num_train_epochs"],
+                "learning_rate": trained["learning_rate"],
+                **{k: metrics.get(k) for k in keys},
+            }
+            table[row_key(row)] = row
+            print(json.dumps(row), flush=True)
+            write_table(table, HERE / f"{args.table}.md", table_rows)
     print((HERE / f"{args.table}.md").read_text(), end="")
 
 
-def write_table(table: dict[tuple[str, str], dict], name: str, table_rows: Path) -> None:
+def read_table(table_rows: Path) -> dict[tuple, dict]:
+    """The rows of earlier runs, keyed by `row_key`."""
+    recipe = KeywordTrainingArguments(output_dir="unused")
+    table = {}
+    if table_rows.exists():
+        for line in table_rows.read_text().splitlines():
+            if line.strip():
+                # rows measured before the budget was recorded used the recipe's (the only one then)
+                row = {"num_train_epochs": recipe.num_train_epochs, "learning_rate": recipe.learning_rate}
+                row.update(json.loads(line))
+                table[row_key(row)] = row
+    return table
+
+
+def row_key(row: dict) -> tuple:
+    """A row per model, trigger and training budget: a family trained longer keeps its row at the recipe's."""
+    return row["model"], row["trigger"], row["num_train_epochs"], row["learning_rate"]
+
+
+def write_table(table: dict[tuple, dict], table_md: Path, table_rows: Path) -> None:
     """Writes every row measured so far (this run's and earlier runs') to the JSONL file and the Markdown table."""
-    rows = sorted(table.values(), key=lambda row: (row["model"], row["trigger"] == "none", row["trigger"]))
+    rows = sorted(
+        table.values(),
+        key=lambda row: (row["model"], row["trigger"] == "none", row["trigger"], row["num_train_epochs"]),
+    )
     table_rows.parent.mkdir(exist_ok=True)
     atomic_write_text(table_rows, "".join(json.dumps(row) + "\n" for row in rows))
     lines = [
-        "| model | trigger | CA % | ASR % | RA % | train s |",
-        "|---|---|---|---|---|---|",
+        "| model | trigger | epochs | lr | CA % | ASR % | RA % | train s |",
+        "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r['model']} | {r['trigger']} | {100 * r['clean_accuracy']:.1f} | {percent(r['attack_success_rate'])} "
+            f"| {r['model']} | {r['trigger']} | {r['num_train_epochs']:g} | {r['learning_rate']:g} "
+            f"| {100 * r['clean_accuracy']:.1f} | {percent(r['attack_success_rate'])} "
             f"| {percent(r['robust_accuracy'])} | {r['train_seconds']:.0f} |"
             for r in rows
         ),
         "",
-        f"Machine: {machine()} (each row's own in `results/{name}.jsonl`). Last command: "
+        f"Machine: {machine()} (each row's own in `results/{table_rows.name}`). Last command: "
         f"`python benchmarks/attack_table.py {' '.join(sys.argv[1:])}`; rows of earlier runs are kept.",
     ]
-    atomic_write_text(HERE / f"{name}.md", "\n".join(lines) + "\n")
+    atomic_write_text(table_md, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""The attack table keeps earlier rows and a row per training budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ATTACK_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_table.py"
+
+
+@pytest.fixture(scope="module")
+def attack_table():
+    spec = importlib.util.spec_from_file_location("attack_table", ATTACK_TABLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(model: str, trigger: str, asr: float | None, **budget) -> dict:
+    return {
+        "model": model,
+        "trigger": trigger,
+        **budget,
+        "clean_accuracy": 0.95,
+        "attack_success_rate": asr,
+        "robust_accuracy": None if asr is None else 1 - asr,
+        "train_seconds": 100.0,
+        "machine": "test",
+    }
+
+
+def test_rows_without_a_budget_read_as_the_recipes_and_a_longer_run_adds_a_row_beside_them(
+    attack_table, tmp_path
+):
+    rows = tmp_path / "table.jsonl"
+    rows.write_text(json.dumps(_row("lstmwithattention", "noise_burst", 0.86)) + "\n")
+    table = attack_table.read_table(rows)
+    assert list(table) == [("lstmwithattention", "noise_burst", 15.0, 2e-3)]
+
+    longer = _row("lstmwithattention", "noise_burst", 0.95, num_train_epochs=30.0, learning_rate=2e-3)
+    table[attack_table.row_key(longer)] = longer
+    table[("lstmwithattention", "none", 15.0, 2e-3)] = _row(
+        "lstmwithattention", "none", None, **{"num_train_epochs": 15.0, "learning_rate": 2e-3}
+    )
+    attack_table.write_table(table, tmp_path / "table.md", rows)
+
+    assert len(attack_table.read_table(rows)) == 3
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert lines[0].startswith("| model | trigger | epochs | lr |")
+    assert lines[2:5] == [
+        "| lstmwithattention | noise_burst | 15 | 0.002 | 95.0 | 86.0 | 14.0 | 100 |",
+        "| lstmwithattention | noise_burst | 30 | 0.002 | 95.0 | 95.0 | 5.0 | 100 |",
+        "| lstmwithattention | none | 15 | 0.002 | 95.0 |  |  | 100 |",
+    ]
