@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ATTACK_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_table.py"
+from testing_utils import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def attack_table():
-    spec = importlib.util.spec_from_file_location("attack_table", ATTACK_TABLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("attack_table")
 
 
 def _row(model: str, trigger: str, asr: float | None, **budget) -> dict:

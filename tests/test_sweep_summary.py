@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SWEEP = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_gnft.py"
+from testing_utils import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("sweep_gnft", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("sweep_gnft")
 
 
 def _row(defense: str, lr: float, seed: int, val_after: float, asr: float, optim: str = "sgd") -> dict:

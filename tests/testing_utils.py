@@ -4,7 +4,10 @@ rows in order, the recipe tests' flags, a defense record, and a multi-process la
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -231,3 +234,12 @@ def run_launcher(command: list[str], env: dict, timeout: float) -> tuple[int, st
         out.seek(0)
         err.seek(0)
         return code, out.read(), err.read()
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """A script of `benchmarks/` (not a package) imported as a module, for testing its functions."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
