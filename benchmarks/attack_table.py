@@ -49,7 +49,12 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", default=["tiny-wav2vec2", "tiny-hubert", "tiny-wavlm", "tiny-data2vec-audio"]
     )
-    parser.add_argument("--triggers", nargs="+", default=list(triggers()))
+    parser.add_argument(
+        "--triggers",
+        nargs="*",
+        default=list(triggers()),
+        help="none given: only the clean models (with --clean)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--clean", action="store_true", help="also train each model without poisoning")
     parser.add_argument("--table", default="attack_table", help="the name of the table's files")
