@@ -13,6 +13,7 @@ machine it was measured on). Each row also keeps its training budget (epochs, le
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.attack import METRICS_FILE, AttackArguments, ModelArguments, run_attack
+from hf_gnft.attack import METRICS_FILE, TRAINING_ARGS_FILE, AttackArguments, ModelArguments, run_attack
 from hf_gnft.data.arguments import DataArguments
 from hf_gnft.outputs import atomic_write_text
 from hf_gnft.trainer_args import KeywordTrainingArguments
@@ -86,7 +87,7 @@ def main() -> None:
                     ),
                 )
             metrics = json.loads((cell / METRICS_FILE).read_text())
-            trained = json.loads((cell / "training_args.json").read_text())
+            trained = json.loads((cell / TRAINING_ARGS_FILE).read_text())
             keys = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "train_seconds", "machine")
             row = {
                 "model": model,
@@ -103,13 +104,16 @@ def main() -> None:
 
 def read_table(table_rows: Path) -> dict[tuple, dict]:
     """The rows of earlier runs, keyed by `row_key`."""
-    recipe = KeywordTrainingArguments(output_dir="unused")
+    recipe = {field.name: field.default for field in dataclasses.fields(KeywordTrainingArguments)}
     table = {}
     if table_rows.exists():
         for line in table_rows.read_text().splitlines():
             if line.strip():
                 # rows measured before the budget was recorded used the recipe's (the only one then)
-                row = {"num_train_epochs": recipe.num_train_epochs, "learning_rate": recipe.learning_rate}
+                row = {
+                    "num_train_epochs": recipe["num_train_epochs"],
+                    "learning_rate": recipe["learning_rate"],
+                }
                 row.update(json.loads(line))
                 table[row_key(row)] = row
     return table

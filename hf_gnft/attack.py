@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ATTACK_SPEC_FILE = "attack_spec.json"
 METRICS_FILE = "metrics.json"
+TRAINING_ARGS_FILE = "training_args.json"
 
 
 @dataclass
@@ -244,7 +245,7 @@ def run_attack(
         staged.publish = main_process and trainer.is_world_process_zero()
         if staged.publish:
             save_shareable_model(trainer, feature_extractor, staged.path)
-            (staged.path / "training_args.json").write_text(
+            (staged.path / TRAINING_ARGS_FILE).write_text(
                 json.dumps(training_args.to_dict(), indent=2, default=str)
             )
             if spec is not None:
