@@ -69,19 +69,23 @@ observation: $(STAMP)  # GN-FT's observation on the small grid's suspects, befor
 scan-validation: $(STAMP)  # the backdoor scan on a zoo of backdoored and clean tiny models; resumable, hours on 2 cores
 	$(PY) benchmarks/scan_validation.py
 
-# Then tiny Data2VecAudio trained clean at twice the epochs (51% CA at 15): a row beside the recipe's.
+# Then tiny Data2VecAudio with every trigger and clean at twice the epochs (51% CA at 15): rows beside the recipe's;
+# and its PBSM, still under-fitted at 30, at three times.
 attack-table: $(STAMP)  # tiny speech transformers x the reference triggers; resumable
 	$(PY) benchmarks/attack_table.py
-	$(PY) benchmarks/attack_table.py --models tiny-data2vec-audio --triggers --clean --num_train_epochs 30
+	$(PY) benchmarks/attack_table.py --models tiny-data2vec-audio --clean --num_train_epochs 30
+	$(PY) benchmarks/attack_table.py --models tiny-data2vec-audio --triggers pbsm --num_train_epochs 45
 
 # First lstmwithattention at twice the recipe's epochs with every trigger (at 15 it learns the words only to 74-84%
-# CA; rows beside the recipe's) and its noise burst at three times, then every family at the recipe's 15 epochs
-# (largecnn and rnn: hours each on 2 cores).
+# CA; rows beside the recipe's), its noise burst at three times and at twice with twice the learning rate, then every
+# family at the recipe's 15 epochs (largecnn and rnn: hours each on 2 cores).
 attack-table-paper: $(STAMP)  # the GN-FT paper's MFCC networks x the reference triggers, and each trained clean; resumable
 	$(PY) benchmarks/attack_table.py --models lstmwithattention --num_train_epochs 30 \
 		--table attack_table_paper --output_dir outputs/paper/suspects
 	$(PY) benchmarks/attack_table.py --models lstmwithattention --triggers noise_burst --num_train_epochs 45 \
 		--table attack_table_paper --output_dir outputs/paper/suspects
+	$(PY) benchmarks/attack_table.py --models lstmwithattention --triggers noise_burst --num_train_epochs 30 \
+		--learning_rate 4e-3 --table attack_table_paper --output_dir outputs/paper/suspects
 	$(PY) benchmarks/attack_table.py --models smallcnn smalllstm lstmwithattention resnet largecnn rnn --clean \
 		--table attack_table_paper --output_dir outputs/paper/suspects
 

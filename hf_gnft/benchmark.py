@@ -119,6 +119,10 @@ class BenchmarkConfig:
         attack_epochs: epochs of the backdoored model's training.
         attack_training: other `KeywordTrainingArguments` fields of that training (e.g. a learning rate for a
             pretrained model).
+        attack_training_by_model: model name -> `KeywordTrainingArguments` fields for that model's suspects only,
+            over `attack_training` (a family that needs a longer budget). Its suspects are cached in folders of
+            their own named after the budget, `<model>-<trigger>-learning_rate0.004-num_train_epochs30`, the
+            names `benchmarks/attack_table.py` gives its cells, so a suspect it trained is reused.
         suspects_dir: where backdoored models are cached (default `output_dir/suspects`).
         retuning: run the retuning check (`hf_gnft.retuning_attack`: 5 triggered clips with the true trigger and
             target mixed into the cell's clean subset) on every defended model and on the suspect, and report the
@@ -148,6 +152,7 @@ class BenchmarkConfig:
     attack: dict[str, Any] = field(default_factory=dict)
     attack_epochs: float = 15.0
     attack_training: dict[str, Any] = field(default_factory=dict)
+    attack_training_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     suspects_dir: str | None = None
     retuning: bool = False
     retuning_settings: dict[str, Any] = field(default_factory=dict)
@@ -198,9 +203,20 @@ class BenchmarkConfig:
             raise BenchmarkConfigError(
                 f"attack: unknown keys (or a trigger: use `triggers`) {', '.join(unknown)}"
             )
-        unknown = sorted(set(self.attack_training) - {f.name for f in fields(KeywordTrainingArguments)})
+        known = {f.name for f in fields(KeywordTrainingArguments)}
+        unknown = sorted(set(self.attack_training) - known)
         if unknown:
             raise BenchmarkConfigError(f"attack_training: unknown keys {', '.join(unknown)}")
+        for model, settings in self.attack_training_by_model.items():
+            if model not in self.models:
+                raise BenchmarkConfigError(
+                    f"attack_training_by_model: {model!r} is not one of the grid's models ({', '.join(self.models)})"
+                )
+            unknown = sorted(set(settings or {}) - known)
+            if unknown:
+                raise BenchmarkConfigError(
+                    f"attack_training_by_model[{model!r}]: unknown keys {', '.join(unknown)}"
+                )
         for trigger in self.triggers:
             if trigger == CLEAN:
                 raise BenchmarkConfigError(
@@ -339,7 +355,10 @@ class Benchmark:
 
     def suspect(self, model: str, trigger: Any) -> Path:
         """The backdoored model for (model, trigger): trained once, then read from the cache."""
-        path = self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}"
+        budget = self.config.attack_training_by_model.get(model) or {}
+        suffix = "".join(f"-{key}{value:g}" if isinstance(value, (int, float)) else f"-{key}{value}"
+                         for key, value in sorted(budget.items()))  # fmt: skip
+        path = self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}{suffix}"
         if not (path / METRICS_FILE).exists():
             kind = "clean" if trigger == CLEAN else "backdoored"
             logger.info("Training the %s %s (%s)", kind, model, trigger_name(trigger))
@@ -359,6 +378,7 @@ class Benchmark:
                         "seed": 42,
                         "disable_tqdm": True,
                         **self.config.attack_training,
+                        **budget,
                         "output_dir": str(path),
                     }
                 ),  # fmt: skip

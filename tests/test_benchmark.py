@@ -141,6 +141,14 @@ def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
         ({"clean_fraction": 0.0}, r"\(0, 1\]"),
         ({"min_suspect_accuracy": 1.5}, r"min_suspect_accuracy must be in \[0, 1\]"),
         ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
+        (
+            {"attack_training_by_model": {"tiny-hubert": {"learning_rate": 0.004}}},
+            "not one of the grid's models",
+        ),
+        (
+            {"attack_training_by_model": {"tiny-wav2vec2": {"epochs": 30}}},
+            r"\['tiny-wav2vec2'\]: unknown keys epochs",
+        ),
         ({"triggers": ["no_such_trigger"]}, "no_such_trigger"),
         ({"defenses": {}}, "no defenses"),
         ({"defenses": {"ft": {}, "fp": {"knob": "learning_rat"}}}, "has no field 'learning_rat' to tune"),
@@ -151,6 +159,31 @@ def test_bad_grids_are_refused_before_any_training(tmp_path, overrides, message)
     with pytest.raises(ValueError, match=message):
         BenchmarkConfig.from_yaml(path)
     assert not (tmp_path / "bench").exists()
+
+
+def test_a_model_with_a_budget_of_its_own_trains_its_suspects_with_it_into_folders_of_their_own(
+    tmp_path, monkeypatch
+):
+    import hf_gnft.benchmark as benchmark_module
+
+    trained = {}
+
+    def fake_attack(data_args, attack, model_args, training_args):
+        trained[model_args.model] = training_args
+        Path(training_args.output_dir).mkdir(parents=True)
+        (Path(training_args.output_dir) / benchmark_module.METRICS_FILE).write_text("{}")
+
+    monkeypatch.setattr(benchmark_module, "run_attack", fake_attack)
+    config = BenchmarkConfig(**grid(tmp_path, models=["tiny-wav2vec2", "tiny-hubert"], attack_training={"learning_rate": 0.002},
+                                    attack_training_by_model={"tiny-hubert": {"num_train_epochs": 30, "learning_rate": 0.004}}))  # fmt: skip
+    bench = Benchmark(config)
+    plain = bench.suspect("tiny-wav2vec2", "noise_burst")
+    longer = bench.suspect("tiny-hubert", "noise_burst")
+    assert plain.name == "tiny-wav2vec2-noise_burst"
+    # The name benchmarks/attack_table.py gives the same budget's cell, so its suspects are reused.
+    assert longer.name == "tiny-hubert-noise_burst-learning_rate0.004-num_train_epochs30"
+    assert (trained["tiny-wav2vec2"].num_train_epochs, trained["tiny-wav2vec2"].learning_rate) == (1, 0.002)
+    assert (trained["tiny-hubert"].num_train_epochs, trained["tiny-hubert"].learning_rate) == (30, 0.004)
 
 
 def test_unknown_top_level_key_is_refused(tmp_path):
