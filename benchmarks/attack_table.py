@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.attack import METRICS_FILE, TRAINING_ARGS_FILE, AttackArguments, ModelArguments, run_attack
+from hf_gnft.attack import (
+    METRICS_FILE,
+    TRAINING_ARGS_FILE,
+    AttackArguments,
+    ModelArguments,
+    run_attack,
+    training_budget_suffix,
+)
 from hf_gnft.data.arguments import DataArguments
 from hf_gnft.outputs import atomic_write_text
 from hf_gnft.trainer_args import KeywordTrainingArguments
@@ -72,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     table_rows = HERE / "results" / f"{args.table}.jsonl"
     table = read_table(table_rows)
-    budget = "".join(f"-{key}{value:g}" for key, value in training.items())  # a cell per training budget
+    budget = training_budget_suffix(training)  # a cell per training budget
     for model in args.models:
         for name in names:
             cell = Path(args.output_dir) / f"{model}-{name}{budget}"

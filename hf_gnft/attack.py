@@ -44,6 +44,16 @@ METRICS_FILE = "metrics.json"
 TRAINING_ARGS_FILE = "training_args.json"
 
 
+def training_budget_suffix(settings: dict[str, Any]) -> str:
+    """The folder-name suffix of a model trained with `settings` over the recipe's (`""` for none), e.g.
+    `-learning_rate0.004-num_train_epochs30`: the attack table's cells and the benchmark's suspects share it, so
+    either reuses a model the other trained with the same budget."""
+    return "".join(
+        f"-{key}{value:g}" if isinstance(value, (int, float)) else f"-{key}{value}"
+        for key, value in sorted(settings.items())
+    )
+
+
 @dataclass
 class AttackArguments:
     """The backdoor to plant.

@@ -32,6 +32,7 @@ from .attack import (
     AttackArguments,
     ModelArguments,
     run_attack,
+    training_budget_suffix,
 )
 from .data.arguments import CleanDataArguments, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
@@ -203,20 +204,18 @@ class BenchmarkConfig:
             raise BenchmarkConfigError(
                 f"attack: unknown keys (or a trigger: use `triggers`) {', '.join(unknown)}"
             )
-        known = {f.name for f in fields(KeywordTrainingArguments)}
-        unknown = sorted(set(self.attack_training) - known)
-        if unknown:
-            raise BenchmarkConfigError(f"attack_training: unknown keys {', '.join(unknown)}")
-        for model, settings in self.attack_training_by_model.items():
-            if model not in self.models:
-                raise BenchmarkConfigError(
-                    f"attack_training_by_model: {model!r} is not one of the grid's models ({', '.join(self.models)})"
-                )
-            unknown = sorted(set(settings or {}) - known)
+        not_in_grid = sorted(set(self.attack_training_by_model) - set(self.models))
+        if not_in_grid:
+            raise BenchmarkConfigError(
+                f"attack_training_by_model: {not_in_grid[0]!r} is not one of the grid's models ({', '.join(self.models)})"
+            )
+        trainings = {"attack_training": self.attack_training}
+        trainings.update((f"attack_training_by_model[{model!r}]", settings or {})
+                         for model, settings in self.attack_training_by_model.items())  # fmt: skip
+        for name, settings in trainings.items():
+            unknown = sorted(set(settings) - {f.name for f in fields(KeywordTrainingArguments)})
             if unknown:
-                raise BenchmarkConfigError(
-                    f"attack_training_by_model[{model!r}]: unknown keys {', '.join(unknown)}"
-                )
+                raise BenchmarkConfigError(f"{name}: unknown keys {', '.join(unknown)}")
         for trigger in self.triggers:
             if trigger == CLEAN:
                 raise BenchmarkConfigError(
@@ -356,9 +355,9 @@ class Benchmark:
     def suspect(self, model: str, trigger: Any) -> Path:
         """The backdoored model for (model, trigger): trained once, then read from the cache."""
         budget = self.config.attack_training_by_model.get(model) or {}
-        suffix = "".join(f"-{key}{value:g}" if isinstance(value, (int, float)) else f"-{key}{value}"
-                         for key, value in sorted(budget.items()))  # fmt: skip
-        path = self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}{suffix}"
+        path = (
+            self.suspects_dir / f"{Path(model).name}-{trigger_name(trigger)}{training_budget_suffix(budget)}"
+        )
         if not (path / METRICS_FILE).exists():
             kind = "clean" if trigger == CLEAN else "backdoored"
             logger.info("Training the %s %s (%s)", kind, model, trigger_name(trigger))
