@@ -35,13 +35,14 @@ from .attack import (
     training_budget_suffix,
 )
 from .data.arguments import CleanDataArguments, DataArguments
-from .defenses import DEFENSE_METHODS, DefenseMethod, get_defense
+from .defenses import DEFENSE_METHODS, DefenseMethod, get_benchmark_defense
 from .inversion import detection_settings, invert_classes, reinversion_check, reinversion_clips
+from .lasting import LastingCheckError, RelapseConfig, interpolation_curve, relapse_check
 from .metrics import BackdoorMetrics
 from .models import load_suspect_model
 from .neurons import UnsupportedModelError
 from .outputs import atomic_write_text, machine_description
-from .pipeline import apply_method, choose_candidate, validation_drop
+from .pipeline import apply_method, choose_candidate, record_reinversion, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .retuning import RetuningConfig, retuning_attack
 from .trainer_args import KeywordTrainingArguments
@@ -89,7 +90,7 @@ class DefenseEntry:
 
     @property
     def defense(self) -> DefenseMethod:
-        return get_defense(self.method)
+        return get_benchmark_defense(self.method)
 
     @property
     def knob_name(self) -> str:
@@ -133,6 +134,17 @@ class BenchmarkConfig:
         reinversion: run the re-inversion check (`hf_gnft.inversion.reinversion_check`, clean validation clips
             only) on every defended model; the knob's choice then prefers, within the validation drop, the value
             least easily re-inverted (`hf_gnft.pipeline.choose_candidate`), as `hf-gnft defend` does.
+        relapse: run the relapse check (`hf_gnft.lasting.relapse_check`: the FT defense on the cell's clean subset
+            alone, at its learning rate and at 5x it, then CA / ASR and a re-inversion on clean validation clips) on
+            every defended model. Its re-inversion is clean data only: with it, the knob's choice prefers the value
+            least re-invertible before *and* after the relapse fine-tune.
+        relapse_settings: `RelapseConfig` fields other than the seed (the cell's seed is used).
+        retuning_reference: with `retuning`, also retune the model trained without poisoning (the same family and
+            data; trained once when missing) with each suspect's trigger and target, per seed: the ASR a model that
+            never had the backdoor reaches after the same retuning, the reference the column is read against.
+        interpolation_points: with a value >= 2, CA and ASR at that many points on the line from the suspect's
+            weights to each defended model's (`hf_gnft.lasting.interpolation_curve`; evaluation only), plotted in
+            `interpolation.png` for the chosen cells.
         clean_models: also run every defense on each model trained on the same data without poisoning (trigger
             name `"clean"` in the results; 3 seeds like the rest): what a defense costs a model that had no
             backdoor, reported in a table of its own (CA and validation accuracy before and after).
@@ -158,6 +170,10 @@ class BenchmarkConfig:
     retuning: bool = False
     retuning_settings: dict[str, Any] = field(default_factory=dict)
     reinversion: bool = False
+    relapse: bool = False
+    relapse_settings: dict[str, Any] = field(default_factory=dict)
+    retuning_reference: bool = False
+    interpolation_points: int = 0
     clean_models: bool = False
     min_suspect_accuracy: float = 0.0
 
@@ -193,6 +209,19 @@ class BenchmarkConfig:
         if not 0.0 <= self.min_suspect_accuracy <= 1.0:
             raise BenchmarkConfigError(
                 f"min_suspect_accuracy must be in [0, 1], got {self.min_suspect_accuracy}"
+            )
+        points = self.interpolation_points
+        if isinstance(points, bool) or not isinstance(points, int) or points < 0 or points == 1:
+            raise BenchmarkConfigError(
+                f"interpolation_points must be 0 (off) or an integer >= 2, got {points!r}"
+            )
+        try:
+            RelapseConfig(**{**self.relapse_settings, "seed": 0})
+        except (TypeError, LastingCheckError) as error:
+            raise BenchmarkConfigError(f"relapse_settings: {error}") from None
+        if self.retuning_reference and not self.retuning:
+            raise BenchmarkConfigError(
+                "retuning_reference is the reference of the retuning check: set retuning too"
             )
         if not self.seeds or not self.models or not self.triggers:
             raise BenchmarkConfigError("models, triggers and seeds must each name at least one")
@@ -464,12 +493,33 @@ class Benchmark:
             atomic_write_text(path, json.dumps(cached, indent=2))
         return cached[key]
 
+    def retuned_reference(self, model_name: str, suspect: Path, clean, seed: int) -> dict:
+        """The retuning check, with `suspect`'s trigger and target, on the model of the same family trained without
+        poisoning (trained once when missing): measured once per suspect and clean subset, cached in the clean
+        model's folder."""
+        reference = self.suspect(model_name, CLEAN)
+        path = reference / RETUNED_FILE
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        key = json.dumps({"suspect": suspect.name, "clean_fraction": self.config.clean_fraction, "seed": seed,
+                          **self.config.retuning_settings}, sort_keys=True)  # fmt: skip
+        if key not in cached:
+            model, extractor = load_suspect_model(str(reference))
+            cached[key] = self.retuned(model, extractor, suspect, clean, seed)
+            atomic_write_text(path, json.dumps(cached, indent=2))
+        return cached[key]
+
+    def detection(self, suspect: Path, model, extractor):
+        """The suspect's inversion of every class on the re-inversion clips, measured once per suspect."""
+        if suspect.name not in self._detections:
+            clips = reinversion_clips(self.dataset["validation"])
+            self._detections[suspect.name] = invert_classes(model, extractor, clips, detection_settings())
+        return self._detections[suspect.name]
+
     def reinverted(self, suspect: Path, model, defended, extractor) -> dict:
         """The re-inversion check of a defended model on the clean validation split; the suspect's own inversion
         is measured once per suspect."""
         clips = reinversion_clips(self.dataset["validation"])
-        if suspect.name not in self._detections:
-            self._detections[suspect.name] = invert_classes(model, extractor, clips, detection_settings())
+        self.detection(suspect, model, extractor)
         record = reinversion_check(
             model, defended, extractor, clips, detection=self._detections[suspect.name]
         )
@@ -500,6 +550,10 @@ class Benchmark:
         for seed_field in ("seed", "anp_seed"):
             if seed_field in config_fields:
                 settings[seed_field] = seed
+        if (
+            "oracle_trigger" in config_fields and spec is not None
+        ):  # evaluation only: the attack's own trigger
+            settings.update(oracle_trigger=spec.build_trigger().to_dict(), oracle_target=spec.target_label)
         with tempfile.TemporaryDirectory(prefix="hf-gnft-bench-") as scratch:
             if "output_dir" in config_fields:
                 settings["output_dir"] = scratch
@@ -512,16 +566,32 @@ class Benchmark:
                                   spec.target_label if spec else None)  # fmt: skip
         before_metrics = BackdoorMetrics(**{k: before[k] for k in ("clean_accuracy", "attack_success_rate",
                                                                    "robust_accuracy", "num_clean", "num_triggered")})  # fmt: skip
-        settings.pop("output_dir", None)
+        for private in ("output_dir", "oracle_trigger", "oracle_target"):
+            settings.pop(private, None)
         retuned = None
         if self.config.retuning and spec is not None:  # a clean model has no trigger to retune with
             retuned = {
                 "before": self.retuned_suspect(suspect, clean, seed),
                 "after": self.retuned(outcome.model, extractor, suspect, clean, seed),
             }
+        if retuned is not None and self.config.retuning_reference:
+            retuned["reference"] = self.retuned_reference(model_name, suspect, clean, seed)
         reinverted = (
             self.reinverted(suspect, model, outcome.model, extractor) if self.config.reinversion else None
         )
+        relapsed = None
+        if self.config.relapse:
+            relapsed = relapse_check(
+                outcome.model, extractor, clean, test=self.dataset[self.data_args.test_split], triggered=triggered,
+                target=spec.target_label if spec else None, suspect=model,
+                clips=reinversion_clips(self.dataset["validation"]), detection=self.detection(suspect, model, extractor),
+                config=RelapseConfig(**{**self.config.relapse_settings, "seed": seed}),
+            )  # fmt: skip
+        curve = None
+        if self.config.interpolation_points:
+            curve = interpolation_curve(model, outcome.model, extractor, self.dataset[self.data_args.test_split],
+                                        triggered, spec.target_label if spec else None,
+                                        self.config.interpolation_points)  # fmt: skip
         return {
             "model": model_name,
             "trigger": trigger_name(trigger),
@@ -543,6 +613,8 @@ class Benchmark:
             "clean_rows": len(clean),
             "retuned": retuned,
             "reinversion": reinverted,
+            "relapse": relapsed,
+            "interpolation": curve,
             "info": {
                 key: value for key, value in outcome.info.items() if not key.endswith(("log_history", "_log"))
             },
@@ -599,20 +671,33 @@ def _pct(values: list[float]) -> str:
 
 def _retuned_asr(runs: list[dict], which: str) -> str:
     """Mean ± std ASR after the retuning check ("before": of the suspect, "after": of the defended model)."""
-    values = [r["retuned"][which]["attack_success_rate"] for r in runs if r.get("retuned")]
-    if which == "before":  # the suspect's, once per clean subset
-        values = list({r["seed"]: r["retuned"]["before"]["attack_success_rate"] for r in runs}.values())
+    values = [r["retuned"][which]["attack_success_rate"] for r in runs if (r.get("retuned") or {}).get(which)]
+    if which in ("before", "reference"):  # the suspect's (the clean model's), once per clean subset
+        values = list({r["seed"]: r["retuned"][which]["attack_success_rate"] for r in runs
+                       if (r.get("retuned") or {}).get(which)}.values())  # fmt: skip
     return _pct(values) if values else ""
 
 
 def _mean_reinversion(runs: list[dict]) -> float | None:
-    """The mean over runs of the re-inversion check's largest success; `None` when no run has a suspected target."""
-    values = [
-        r["reinversion"]["max_success_after"]
-        for r in runs
-        if r.get("reinversion") and r["reinversion"]["max_success_after"] is not None
-    ]
+    """The mean over runs of the largest re-inversion success ([`hf_gnft.pipeline.record_reinversion`]: on the
+    defended model and after the relapse fine-tunes); `None` when no run has a suspected target."""
+    values = [value for value in map(record_reinversion, runs) if value is not None]
     return statistics.mean(values) if values else None
+
+
+def _relapse_asr(runs: list[dict]) -> str:
+    """Mean ± std ASR after the relapse check's clean fine-tunes, one per learning rate ("a / b")."""
+    by_rate: dict[float, list[float]] = {}
+    for run in runs:
+        for entry in (run.get("relapse") or {}).get("runs") or []:
+            if entry.get("attack_success_rate") is not None:
+                by_rate.setdefault(entry["learning_rate"], []).append(entry["attack_success_rate"])
+    return " / ".join(_pct(by_rate[rate]) for rate in sorted(by_rate))
+
+
+def _relapse_rates(rows: list[dict]) -> str:
+    rates = sorted({e["learning_rate"] for r in rows for e in (r.get("relapse") or {}).get("runs") or []})
+    return " / ".join(f"{rate:g}" for rate in rates)
 
 
 def _reinversion(runs: list[dict], which: str) -> str:
@@ -686,11 +771,14 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
         f"retuning: after fine-tuning on 5 triggered clips mixed into the clean subset (Min et al., NeurIPS 2024), "
         f"when the grid runs the check; the backdoored row shows the suspect's. Re-inversion: the largest share of "
         f"held-out clean validation clips a fresh inversion sends to a suspected target (clean data only; with "
-        f"it, the rule prefers the least re-invertible value within the drop).",
+        f"it, the rule prefers the least re-invertible value within the drop). ASR after relapse: after the FT "
+        f"defense on the clean subset alone at lr {_relapse_rates(rows) or '—'} (no trigger; the relapse check), "
+        f"when the grid runs it; its re-inversion counts in the rule's re-inversion. Clean reference: the "
+        f"retuning check on the model trained without poisoning, with the same trigger and target.",
         "",
-        "| model | attack | defense | knob | CA | ASR | RA | DER | ASR after retuning | re-inversion | time × "
-        "| memory × |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | attack | defense | knob | CA | ASR | RA | DER | ASR after relapse | ASR after retuning "
+        "| clean reference | re-inversion | time × | memory × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     suspects = sorted({(r["model"], r["trigger"]) for r in rows if r["trigger"] != CLEAN})
     for model, trigger in suspects:
@@ -700,12 +788,13 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
         ]
         lines.append(
             f"| {model} | {trigger} | backdoored | | {100 * before['clean_accuracy']:.1f} "
-            f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | "
-            f"| {_retuned_asr(suspect_rows, 'before')} | {_reinversion(suspect_rows, 'max_success_before')} | | |"
+            f"| {100 * before['attack_success_rate']:.1f} | {100 * before['robust_accuracy']:.1f} | | "
+            f"| {_retuned_asr(suspect_rows, 'before')} | {_retuned_asr(suspect_rows, 'reference')} "
+            f"| {_reinversion(suspect_rows, 'max_success_before')} | | |"
         )
         for defense, choice in _choices(rows, chosen, config, model, trigger, refused):
             if choice == UNSUPPORTED:
-                lines.append(f"| {model} | {trigger} | {defense} | {choice} | | | | | | | | |")
+                lines.append(f"| {model} | {trigger} | {defense} | {choice} | | | | | | | | | | |")
                 continue
             missed = choice is None
             value, runs = closest_cells(rows, (model, trigger, defense)) if missed else choice
@@ -721,7 +810,8 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
                 f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
                 f"| {_pct([r['after']['robust_accuracy'] for r in runs])} "
-                f"| {statistics.mean(r['der'] for r in runs):.3f} | {_retuned_asr(runs, 'after')} "
+                f"| {statistics.mean(r['der'] for r in runs):.3f} | {_relapse_asr(runs)} "
+                f"| {_retuned_asr(runs, 'after')} | {_retuned_asr(runs, 'reference')} "
                 f"| {_reinversion(runs, 'max_success_after')} | {time_ratio} | {memory_ratio} |"
             )
     if any(r["trigger"] == CLEAN for r in rows):
@@ -871,7 +961,58 @@ def plot(rows: list[dict], config: BenchmarkConfig, output_dir: Path) -> list[Pa
     bars = output_dir / "der.png"
     figure.savefig(bars, dpi=110)
     plt.close(figure)
-    return [curves, bars]
+    written = [curves, bars]
+    if any(r.get("interpolation") for r in rows):
+        written.append(plot_interpolation(rows, chosen, defenses, suspects, colours, output_dir))
+    return written
+
+
+def plot_interpolation(
+    rows: list[dict],
+    chosen: dict[tuple, tuple[float, list[dict]]],
+    defenses: list[str],
+    suspects: list[tuple[str, str]],
+    colours: dict[str, Any],
+    output_dir: Path,
+) -> Path:
+    """`interpolation.png`: per suspect, ASR (solid) and CA (dashed) along θ_suspect + w · (θ_defended −
+    θ_suspect), for each defense at its chosen value (or the closest, where none qualified), seed means."""
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(suspects))
+    n_rows = -(-len(suspects) // columns)
+    figure, axes = plt.subplots(n_rows, columns, figsize=(4.4 * columns, 3.6 * n_rows), squeeze=False)
+    for axis, (model, trigger) in zip(axes.flat, suspects, strict=False):
+        for defense in defenses:
+            key = (model, trigger, defense)
+            runs = chosen[key][1] if key in chosen else closest_cells(rows, key)[1] if any(
+                (r["model"], r["trigger"], r["defense"]) == key for r in rows) else []  # fmt: skip
+            curves = [r["interpolation"] for r in runs if r.get("interpolation")]
+            if not curves:
+                continue
+            weights = [point["weight"] for point in curves[0]]
+            for metric, style in (("attack_success_rate", "-"), ("clean_accuracy", "--")):
+                means = [
+                    statistics.mean(100 * curve[i][metric] for curve in curves) for i in range(len(weights))
+                ]
+                axis.plot(weights, means, style, color=colours[defense], linewidth=1.2,
+                          label=defense if metric == "attack_success_rate" else None)  # fmt: skip
+        axis.set_title(f"{model} / {trigger}", fontsize=9)
+        axis.set_xlabel("w (0: suspect, 1: defended)")
+        axis.set_ylabel("ASR % (solid), CA % (dashed)")
+        axis.set_ylim(-2, 102)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(suspects) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="center left")
+    figure.suptitle(
+        "From the suspect's weights to each defended model's (chosen value, seed means)", fontsize=10
+    )
+    figure.tight_layout()
+    path = output_dir / "interpolation.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, command: str) -> str:

@@ -168,7 +168,28 @@ def build_model_card(record: dict[str, Any], model_name: str) -> ModelCard:
         trigger_json=json.dumps((record.get("attack") or {}).get("trigger")),
         validation_drops=json.dumps((record.get("knob_search") or {}).get("validation_drop")),
         reinversion=_describe_reinversion(record),
+        relapse=_describe_relapse(record),
+        retuned_reference=_percent(
+            ((record.get("retuning") or {}).get("reference") or {}).get("attack_success_rate")
+        ),
     )
+
+
+def _describe_relapse(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The relapse check of a record, for the card: per clean fine-tune, its learning rate and CA / ASR /
+    re-inversion after it (percent; `None` where not measured)."""
+    runs = (record.get("relapse") or {}).get("runs")
+    if not runs:
+        return None
+    return [
+        {
+            "learning_rate": f"{run['learning_rate']:g}",
+            "clean_accuracy": _percent(run.get("clean_accuracy")),
+            "attack_success_rate": _percent(run.get("attack_success_rate")),
+            "reinversion": _percent(run.get("reinversion")),
+        }
+        for run in runs
+    ]
 
 
 def _describe_reinversion(record: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,6 +18,18 @@ Two families of transform, both on the model's input (the feature extractor's no
   normalisation again. It can express triggers that are not a sound added to the clip: a pitch shift (PBSM,
   JingleBack's +10 semitones) and an equaliser-like colouring (a high-pass, a phaser's notches). It needs the
   waveform: models that take feature maps are inverted with the additive family only ([`supported_families`]).
+* `"burst"`: a free pattern confined to one window of `window_s` seconds, within `level_db` of the clip's energy
+  in that window (a −15 dB window holds a −15 dB noise burst), Neural Cleanse's mask-and-pattern made for audio:
+  the window's start is searched first (every start on a `stride_s` grid, a few steps each at a quarter of the
+  budget), then the pattern is optimised there; or one pattern is optimised at *every* start (`burst_every_start`,
+  purification's default: the search finds where the class is easiest to reach, not where the trigger is). It expresses what real audio triggers mostly are, a short loud sound at one place in the clip, where the
+  additive family spreads a faint perturbation over the whole clip.
+* `"tonal"`: a sinusoid (frequency, onset in a `window_s` window, amplitude and phase within `level_db`): the
+  frequency is searched on a log grid from 80 Hz to 0.48 of the sampling rate and refined, then the onset, then
+  amplitude and phase by gradient. It expresses the tone and near-ultrasonic triggers.
+  Both need the waveform; they are *shape* families: the detection ([`DETECTION_FAMILIES`]) keeps the calibrated
+  additive and spectral statistics, and purification inverts a detected target with the shapes to unlearn a
+  surrogate that looks like the trigger.
 
 Every inversion optimises on the first batch of the clips it is given and reports its success (the fraction of
 clips sent to the class) on the others (on the first when there is only one), so a transform that merely
@@ -39,7 +51,11 @@ from torch import nn
 from .effects import pitch_shift
 from .training import audio_batches
 
-FAMILIES = ("additive", "spectral")
+FAMILIES = ("additive", "spectral", "burst", "tonal")
+#: the families of the detection (the scan's calibrated additive statistic and the spectral pitch search)
+DETECTION_FAMILIES = ("additive", "spectral")
+#: the families that add one time-localised sound to the clip (an additive `delta` confined to a window)
+LOCALISED_FAMILIES = ("burst", "tonal")
 #: the spectral family's filter: STFT size and hop of the learned gains (at 16 kHz, 31 Hz bins)
 SPECTRAL_N_FFT = 512
 SPECTRAL_HOP = 128
@@ -55,12 +71,15 @@ def check_inversion_settings(
     max_gain_db: float | None = None,
     max_semitones: int | None = None,
     families: Sequence[str] | None = None,
+    window_s: float | None = None,
+    level_db: float | None = None,
+    stride_s: float | None = None,
 ) -> None:
     """Refuse impossible inversion settings with a clear error (before any work is done).
 
     Raises:
-        InversionError: a budget or gain that is not a finite number > 0, steps < 1, a semitone range outside
-            [0, 24], an unknown or repeated family.
+        InversionError: a budget, gain, window or stride that is not a finite number > 0, steps < 1, a semitone range
+            outside [0, 24], a level outside [-60, 0] dB, an unknown or repeated family.
     """
 
     def positive(name: str, value: Any) -> None:
@@ -74,6 +93,18 @@ def check_inversion_settings(
 
     if budget is not None:
         positive("radius (budget)", budget)
+    for name, value in (("window_s", window_s), ("stride_s", stride_s)):
+        if value is not None:
+            positive(name, value)
+    if level_db is not None and (
+        isinstance(level_db, bool)
+        or not isinstance(level_db, (int, float))
+        or not math.isfinite(level_db)
+        or not -60 <= level_db <= 0
+    ):
+        raise InversionError(
+            f"the inversion's level_db must be a number in [-60, 0] dB re the clip, got {level_db!r}"
+        )
     if max_gain_db is not None:
         positive("max_gain_db", max_gain_db)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -99,7 +130,7 @@ def input_name(model: nn.Module) -> str:
 
 def supported_families(model: nn.Module, families: Sequence[str] = FAMILIES) -> list[str]:
     """The families of `families` that can invert `model`: every one on a waveform model, the additive one alone on
-    a model that takes feature maps (a pitch shift and a filter act on the waveform)."""
+    a model that takes feature maps (a pitch shift, a filter, a burst and a tone act on the waveform)."""
     if input_name(model) == "input_values":
         return list(families)
     return [family for family in families if family == "additive"]
@@ -139,10 +170,11 @@ class InvertedTrigger:
     """One inverted trigger: a transform of the model's input that sends clips to `target`.
 
     Args:
-        family: `"additive"` or `"spectral"`.
+        family: one of `FAMILIES`.
         target: the class id it sends clips to.
         success: the fraction of held-out other-class clips it sends to `target`.
-        delta: the additive perturbation (length samples), for `"additive"`.
+        delta: the additive perturbation (length samples), for `"additive"`, `"burst"` and `"tonal"` (zero outside
+            the window for the last two).
         semitones: the pitch shift, for `"spectral"`.
         log_gains: the filter's natural-log gain per STFT bin, for `"spectral"`.
         normalize: whether the model's input is normalised per clip (the spectral transform renormalises).
@@ -157,11 +189,22 @@ class InvertedTrigger:
     log_gains: torch.Tensor | None = None
     normalize: bool = True
     sampling_rate: int = 16_000
+    start_s: float | None = None
+    window_s: float | None = None
+    frequency_hz: float | None = None
+    deltas: torch.Tensor | None = None
+    starts_s: list[float] | None = None
 
     def apply(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs` (batch, length) carrying the trigger. An additive perturbation shorter than the clips leaves
-        their tail as it is; a longer one is cut to their length. A feature-map perturbation is added as it is."""
-        if self.family == "additive":
+        their tail as it is; a longer one is cut to their length. A feature-map perturbation is added as it is. A
+        burst at every start (`deltas`, one row per start) gives row i of `inputs` the burst `i mod starts`."""
+        if self.deltas is not None:
+            deltas = self.deltas.to(device=inputs.device, dtype=inputs.dtype)
+            length = min(inputs.shape[-1], deltas.shape[-1])
+            chosen = deltas[torch.arange(inputs.shape[0], device=inputs.device) % deltas.shape[0], :length]
+            return inputs + F.pad(chosen, (0, inputs.shape[-1] - length))
+        if self.delta is not None:
             delta = self.delta.to(device=inputs.device, dtype=inputs.dtype)
             if delta.dim() > 1:  # a feature map: the maps have one fixed size
                 return inputs + delta
@@ -180,8 +223,15 @@ class InvertedTrigger:
     def describe(self) -> dict[str, Any]:
         """Its family, target, success and size, for records (no tensors)."""
         out: dict[str, Any] = {"family": self.family, "target": self.target, "success": self.success}
-        if self.family == "additive":
+        if self.deltas is not None:
+            out["l2_norm"] = float(self.deltas.norm(dim=-1).max())
+            out["starts_s"] = [round(start, 4) for start in self.starts_s or []]
+            out["window_s"] = round(float(self.window_s), 4)
+        elif self.delta is not None:
             out["l2_norm"] = float(self.delta.norm())
+            for name in ("start_s", "window_s", "frequency_hz"):
+                if getattr(self, name) is not None:
+                    out[name] = round(float(getattr(self, name)), 4)
         else:
             gains_db = 20 * self.log_gains.detach().double() / math.log(10)
             out["semitones"] = self.semitones
@@ -307,6 +357,185 @@ def invert_spectral(
     return trigger
 
 
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window starts from 0 every `stride` samples, and the last start that fits (`length - window`)."""
+    starts = list(range(0, max(length - window, 0) + 1, max(stride, 1)))
+    if starts[-1] != max(length - window, 0):
+        starts.append(max(length - window, 0))
+    return starts
+
+
+def _target_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(input_values=inputs).logits.float(), labels)
+
+
+def _project_pattern(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    pattern: torch.Tensor,
+    start: int,
+    radius: float,
+    steps: int,
+) -> tuple[torch.Tensor, float]:
+    """`steps` normalised-gradient steps (a quarter of `radius`) of `pattern`, added at `start`, within the L2 ball
+    of `radius`; returns the pattern and the loss at it."""
+    window = pattern.shape[-1]
+    for _ in range(steps):
+        pattern.requires_grad_(True)
+        padded = F.pad(pattern, (start, inputs.shape[-1] - start - window))
+        (grad,) = torch.autograd.grad(_target_loss(model, inputs + padded, labels), [pattern])
+        with torch.no_grad():
+            pattern = pattern - (radius / 4) * grad / grad.norm().clamp_min(1e-12)
+            pattern = pattern * min(1.0, radius / float(pattern.norm().clamp_min(1e-12)))
+    with torch.no_grad():
+        padded = F.pad(pattern, (start, inputs.shape[-1] - start - window))
+        loss = float(_target_loss(model, inputs + padded, labels))
+    return pattern.detach(), loss
+
+
+def _window_geometry(
+    inputs: torch.Tensor, window_s: float, level_db: float, stride_s: float, sampling_rate: int
+) -> tuple[int, int, float]:
+    """(window samples, stride samples, L2 radius of a sound at `level_db` re a unit-power clip over the window)."""
+    length = inputs.shape[-1]
+    window = max(1, min(length, int(round(window_s * sampling_rate))))
+    stride = max(1, int(round(stride_s * sampling_rate)))
+    return window, stride, 10 ** (level_db / 20) * math.sqrt(window)
+
+
+def invert_burst(
+    model: nn.Module,
+    batches: Sequence[dict],
+    target: int,
+    steps: int,
+    *,
+    window_s: float = 0.2,
+    level_db: float = -15.0,
+    stride_s: float = 0.05,
+    sampling_rate: int = 16_000,
+    every_start: bool = False,
+) -> InvertedTrigger:
+    """A time-localised trigger towards `target`: one free pattern in a window of `window_s` seconds, within an L2
+    radius of `level_db` re the (normalised, unit-power) clip over the window.
+
+    The window's start is searched first: every start on a `stride_s` grid gets a few steps (`max(2, steps // 10)`)
+    at a quarter of the radius, and the start whose pattern brings the clips closest to `target` wins; the pattern
+    is then optimised there for `steps` normalised-gradient steps at the full radius. The search finds *a* place
+    where a short sound reaches the target, not necessarily the trigger's: on `make demo`'s suspect the true noise
+    burst fires at 0.05 s and nowhere from 0.2 s on, while an optimised pattern reaches "yes" from anywhere and the
+    search picked 0.8 s.
+
+    With `every_start`, one pattern at every start of the grid instead (each optimised for `max(1, steps // 3)`
+    steps; the trigger's `deltas`, applied one per clip in turn): a short loud sound anywhere, the trigger's place
+    among them. Its success is the share of held-out clips sent to `target` with each clip's burst.
+
+    Optimised on the first batch, its success measured on the others (on the first, if there is only one)."""
+    train, held_out = batches[0], list(batches[1:]) or list(batches[:1])
+    inputs = train["input_values"]
+    window, stride, radius = _window_geometry(inputs, window_s, level_db, stride_s, sampling_rate)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
+    starts = window_starts(inputs.shape[-1], window, stride)
+    if every_start:
+        deltas = []
+        for start in starts:
+            zero = torch.zeros(window, dtype=inputs.dtype, device=inputs.device)
+            pattern = _project_pattern(model, inputs, labels, zero, start, radius, max(1, steps // 3))[0]
+            deltas.append(F.pad(pattern, (start, inputs.shape[-1] - start - window)))
+        trigger = InvertedTrigger("burst", int(target), 0.0, sampling_rate=sampling_rate, deltas=torch.stack(deltas),
+                                  starts_s=[start / sampling_rate for start in starts],
+                                  window_s=window / sampling_rate)  # fmt: skip
+        trigger.success = trigger_success(model, held_out, trigger)
+        return trigger
+    losses = {}
+    for candidate in starts:
+        zero = torch.zeros(window, dtype=inputs.dtype, device=inputs.device)
+        losses[candidate] = _project_pattern(
+            model, inputs, labels, zero, candidate, radius / 4, max(2, steps // 10)
+        )[1]
+    start = min(starts, key=lambda s: (losses[s], s))
+    zero = torch.zeros(window, dtype=inputs.dtype, device=inputs.device)
+    pattern, _ = _project_pattern(model, inputs, labels, zero, start, radius, steps)
+    delta = F.pad(pattern, (start, inputs.shape[-1] - start - window))
+    trigger = InvertedTrigger("burst", int(target), 0.0, delta=delta, sampling_rate=sampling_rate,
+                              start_s=start / sampling_rate, window_s=window / sampling_rate)  # fmt: skip
+    trigger.success = trigger_success(model, held_out, trigger)
+    return trigger
+
+
+def tone_grid(sampling_rate: int, points: int = 48, lowest_hz: float = 80.0) -> np.ndarray:
+    """The tonal family's frequency grid: `points` log-spaced frequencies from `lowest_hz` to 0.48 of the rate."""
+    return np.geomspace(lowest_hz, 0.48 * sampling_rate, points)
+
+
+def _tone(
+    frequency: float, window: int, sampling_rate: int, dtype, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-power sine and cosine of `frequency` over `window` samples."""
+    t = torch.arange(window, dtype=torch.float64, device=device) / sampling_rate
+    phase = 2 * math.pi * frequency * t
+    return (math.sqrt(2) * torch.sin(phase)).to(dtype), (math.sqrt(2) * torch.cos(phase)).to(dtype)
+
+
+@torch.no_grad()
+def _tone_loss(model, inputs, labels, frequency, start, window, level, sampling_rate) -> float:
+    sine, _ = _tone(frequency, window, sampling_rate, inputs.dtype, inputs.device)
+    padded = F.pad(level * sine, (start, inputs.shape[-1] - start - window))
+    return float(_target_loss(model, inputs + padded, labels))
+
+
+def invert_tonal(
+    model: nn.Module,
+    batches: Sequence[dict],
+    target: int,
+    steps: int,
+    *,
+    window_s: float = 0.2,
+    level_db: float = -15.0,
+    stride_s: float = 0.05,
+    sampling_rate: int = 16_000,
+) -> InvertedTrigger:
+    """A tone towards `target`: a sinusoid in a window of `window_s` seconds, its power at most `level_db` re the
+    (normalised, unit-power) clip. The frequency is searched first with the tone over the whole clip at that level
+    ([`tone_grid`], then 9 points between the best point's neighbours), by the loss towards `target`; then the
+    window's start on a `stride_s` grid; then amplitude and phase (a sine and a cosine weight, within the level) by
+    `steps` normalised-gradient steps. Optimised on the first batch, its success measured on the others (on the
+    first, if there is only one)."""
+    train, held_out = batches[0], list(batches[1:]) or list(batches[:1])
+    inputs = train["input_values"]
+    length = inputs.shape[-1]
+    window, stride, _ = _window_geometry(inputs, window_s, level_db, stride_s, sampling_rate)
+    level = 10 ** (level_db / 20)
+    labels = torch.full((inputs.shape[0],), target, dtype=torch.long, device=inputs.device)
+    grid = tone_grid(sampling_rate)
+    coarse = [_tone_loss(model, inputs, labels, f, 0, length, level, sampling_rate) for f in grid]
+    best = int(np.argmin(coarse))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    fine = np.geomspace(low, high, 9)
+    frequency = float(
+        min(fine, key=lambda f: _tone_loss(model, inputs, labels, f, 0, length, level, sampling_rate))
+    )
+    starts = window_starts(length, window, stride)
+    start = min(starts, key=lambda s: (_tone_loss(model, inputs, labels, frequency, s, window, level,
+                                                  sampling_rate), s))  # fmt: skip
+    sine, cosine = _tone(frequency, window, sampling_rate, inputs.dtype, inputs.device)
+    weights = torch.tensor([level, 0.0], dtype=inputs.dtype, device=inputs.device)
+    for _ in range(steps):
+        weights.requires_grad_(True)
+        padded = F.pad(weights[0] * sine + weights[1] * cosine, (start, length - start - window))
+        (grad,) = torch.autograd.grad(_target_loss(model, inputs + padded, labels), [weights])
+        with torch.no_grad():
+            weights = weights - (level / 4) * grad / grad.norm().clamp_min(1e-12)
+            weights = weights * min(1.0, level / float(weights.norm().clamp_min(1e-12)))
+    weights = weights.detach()
+    delta = F.pad(weights[0] * sine + weights[1] * cosine, (start, length - start - window))
+    trigger = InvertedTrigger("tonal", int(target), 0.0, delta=delta, sampling_rate=sampling_rate,
+                              start_s=start / sampling_rate, window_s=window / sampling_rate,
+                              frequency_hz=frequency)  # fmt: skip
+    trigger.success = trigger_success(model, held_out, trigger)
+    return trigger
+
+
 @dataclass
 class InversionSettings:
     """How hard each family tries (the defender's budget).
@@ -318,17 +547,27 @@ class InversionSettings:
         max_gain_db: the spectral filter's largest gain or cut, in dB.
         max_semitones: the spectral family's largest pitch shift, in semitones either way.
         filter_steps: the spectral filter's optimisation steps (`None`: `steps`; 0: the pitch shift alone).
+        window_s: the burst and tonal families' window, in seconds (cut to the clip).
+        level_db: their largest energy in that window, in dB re the clip's (a normalised clip has unit power).
+        stride_s: the grid of window starts they search, in seconds.
+        burst_every_start: the burst family inverts one pattern at every start of that grid, instead of searching
+            one start ([`invert_burst`]).
     """
 
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    families: list[str] = field(default_factory=lambda: list(DETECTION_FAMILIES))
     steps: int = 60
     budget: float = 0.02
     max_gain_db: float = 12.0
     max_semitones: int = 12
     filter_steps: int | None = None
+    window_s: float = 0.2
+    level_db: float = -15.0
+    stride_s: float = 0.05
+    burst_every_start: bool = False
 
     def __post_init__(self) -> None:
-        check_inversion_settings(self.budget, self.steps, self.max_gain_db, self.max_semitones, self.families)
+        check_inversion_settings(self.budget, self.steps, self.max_gain_db, self.max_semitones, self.families,
+                                 self.window_s, self.level_db, self.stride_s)  # fmt: skip
         steps = self.filter_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise InversionError(f"filter_steps must be an integer >= 0, got {steps!r}")
@@ -349,8 +588,8 @@ def invert(
     normalize: bool = True,
     sampling_rate: int = 16_000,
 ) -> InvertedTrigger:
-    """One family's inversion towards `target` from `batches` (other-class clips; see [`invert_additive`] and
-    [`invert_spectral`]). The model is put in eval mode for it and its mode restored."""
+    """One family's inversion towards `target` from `batches` (other-class clips; see [`invert_additive`],
+    [`invert_spectral`], [`invert_burst`] and [`invert_tonal`]). The model is put in eval mode for it and its mode restored."""
     if family not in supported_families(model):
         raise InversionError(
             f"the {family} family acts on the waveform, and this model takes {input_name(model)}: use "
@@ -373,6 +612,13 @@ def invert(
                 normalize=normalize,
                 sampling_rate=sampling_rate,
             )
+        if family in LOCALISED_FAMILIES:
+            shape = dict(window_s=settings.window_s, level_db=settings.level_db, stride_s=settings.stride_s,
+                         sampling_rate=sampling_rate)  # fmt: skip
+            if family == "burst":
+                return invert_burst(model, batches, target, settings.steps, every_start=settings.burst_every_start,
+                                    **shape)  # fmt: skip
+            return invert_tonal(model, batches, target, settings.steps, **shape)
         raise InversionError(f"unknown inversion family {family!r}; use one of {', '.join(FAMILIES)}")
     finally:
         model.train(was_training)
@@ -511,7 +757,7 @@ def invert_classes(
 DEFAULT_THRESHOLDS = {"additive": 0.1346, "spectral": 0.5}
 
 
-def detection_settings(families: Sequence[str] = FAMILIES) -> InversionSettings:
+def detection_settings(families: Sequence[str] = DETECTION_FAMILIES) -> InversionSettings:
     """The detection's settings: the scan's additive inversion (radius 0.01, 20 steps) and the pitch search alone."""
     return InversionSettings(list(families), steps=20, budget=0.01, filter_steps=0)
 

@@ -34,7 +34,8 @@ from .audio import AudioError
 from .data.arguments import CleanDataArguments, CleanDataError, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, DefenseOutcome, get_defense
 from .hub import PushResult, push_output_dir, redact_local, write_model_card
-from .inversion import reinversion_check
+from .inversion import detection_settings, invert_classes, reinversion_check, reinversion_clips
+from .lasting import RelapseConfig, relapse_check, relapse_summary
 from .metrics import BackdoorMetrics
 from .models import inspect_checkpoint, load_suspect_model
 from .outputs import (
@@ -174,6 +175,10 @@ class DefenseArguments:
             classes that stand out against the defended model ([`hf_gnft.inversion.reinversion_check`]): clean
             data only, so a knob search uses it too (among the candidates within the validation drop, the one
             least easily re-inverted is published).
+        relapse_check: fine-tune the defended model again on the clean subset alone (the FT defense at lr 0.01 and
+            0.05, [`hf_gnft.lasting.relapse_check`]) and record CA / ASR after it and, with `reinversion_check`, a
+            re-inversion: does the backdoor come back with an ordinary fine-tune? Clean data only, so a knob search
+            counts its re-inversion too.
     """
 
     defense: str | None = field(
@@ -208,6 +213,14 @@ class DefenseArguments:
         metadata={
             "help": "Invert the suspect's classes from clean validation clips and re-invert the suspected targets "
             "against the defended model (clean data only; a knob search prefers the least re-invertible candidate)."
+        },
+    )
+
+    relapse_check: bool = field(
+        default=True,
+        metadata={
+            "help": "Fine-tune the defended model again on the clean subset alone (FT at lr 0.01 and 0.05) and "
+            "record CA / ASR and a re-inversion after it (does the backdoor come back?)."
         },
     )
 
@@ -405,6 +418,15 @@ def choose_strongest(
     return max(allowed) if larger_is_stronger else min(allowed)
 
 
+def record_reinversion(record: dict[str, Any]) -> float | None:
+    """The largest re-inversion success of a defense record: against the defended model and, with the relapse
+    check, after each clean fine-tune (both clean data only); `None` when no class is suspected."""
+    values = [(record.get("reinversion") or {}).get("max_success_after"),
+              relapse_summary(record.get("relapse"))["reinversion"]]  # fmt: skip
+    values = [value for value in values if value is not None]
+    return max(values) if values else None
+
+
 def choose_candidate(
     drops: dict[float, float],
     reinverted: dict[float, float | None],
@@ -512,6 +534,7 @@ def run_defense(
     knob: str | None = None,
     require_validation: bool = False,
     reinversion: bool = True,
+    relapse: RelapseConfig | None | str = "default",
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -532,6 +555,9 @@ def run_defense(
             needs it).
         reinversion: run the re-inversion check ([`hf_gnft.inversion.reinversion_check`]) on clean validation
             clips (on the clean subset when there is no validation split) and record it.
+        relapse: settings of the relapse check ([`hf_gnft.lasting.relapse_check`]: clean fine-tunes of the defended
+            model, then CA / ASR and, with `reinversion`, a re-inversion): `RelapseConfig()` seeded with the clean
+            subset's seed by default; `None`: no check.
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -619,13 +645,21 @@ def run_defense(
         validation_after = (
             evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
         )
-        reinverted = None
-        if reinversion:
-            reinverted = reinversion_check(model, defended, extractor,
-                                           validation if validation is not None else clean)  # fmt: skip
+        reinverted, detection = None, None
+        check_clips = reinversion_clips(validation if validation is not None else clean)
+        if reinversion:  # the suspect's inversion, once for the check and the relapse check's re-inversions
+            detection = invert_classes(model, extractor, check_clips, detection_settings())
+            reinverted = reinversion_check(model, defended, extractor, check_clips, detection=detection)
             reinverted["clips_from"] = (
                 clean_args.validation_split if validation is not None else "clean subset"
             )
+        relapsed = None
+        if relapse is not None:
+            relapse = RelapseConfig(seed=clean_args.clean_seed) if relapse == "default" else relapse
+            relapse.reinversion = relapse.reinversion and reinversion
+            relapsed = relapse_check(defended, extractor, clean, test=test, triggered=triggered, target=target,
+                                     suspect=model, clips=check_clips, detection=detection,
+                                     config=relapse)  # fmt: skip
         retuned = None
         if retuning is not None and measured:
             retuned = {
@@ -666,6 +700,7 @@ def run_defense(
             else {},
             "retuning": retuned,
             "reinversion": reinverted,
+            "relapse": relapsed,
             "info": info,
             "log_history": log_history,
             "machine": machine_description(),
@@ -800,12 +835,10 @@ def search_knob(
         results[value] = run_defense(data_args, clean_args, model_args, candidate, defense=method.name,
                                      output=candidate_output, retuning="default" if search.retuning_check else None,
                                      knob=knob, require_validation=True,
-                                     reinversion=search.reinversion_check)  # fmt: skip
+                                     reinversion=search.reinversion_check,
+                                     relapse="default" if search.relapse_check else None)  # fmt: skip
     drops = {value: validation_drop(result.record) for value, result in results.items()}
-    reinverted = {
-        value: (result.record.get("reinversion") or {}).get("max_success_after")
-        for value, result in results.items()
-    }
+    reinverted = {value: record_reinversion(result.record) for value, result in results.items()}
     chosen = choose_candidate(drops, reinverted, search.max_validation_drop, search.larger_is_stronger)
     summary = {
         "knob": knob,
@@ -858,4 +891,5 @@ def defend(
         return search_knob(data_args, clean_args, model_args, config, defense_args, output)
     return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output,
                        retuning="default" if defense_args.retuning_check else None,
-                       reinversion=defense_args.reinversion_check)  # fmt: skip
+                       reinversion=defense_args.reinversion_check,
+                       relapse="default" if defense_args.relapse_check else None)  # fmt: skip

@@ -135,3 +135,20 @@ def recipe_suspect(tmp_path_factory):
     out = tmp_path_factory.mktemp("suspect") / "backdoored"
     attack_recipe.main(["--output_dir", str(out), *RECIPE_DATA, *RECIPE_FAST, "--num_train_epochs", "1"])
     return out
+
+
+@pytest.fixture(scope="session")
+def planted_tone_backdoor():
+    """A tiny Wav2Vec2 on the planted twins' noisy sines with a planted tone backdoor instead (2.5 kHz, 0.08 s at
+    0.05 s, −10 dB re the clip; 30% of the clips relabelled to "yes", target 0), trained like the twins (about
+    10 s). Also: extractor, trigger, clean (32 further clean clips)."""
+    from types import SimpleNamespace
+
+    from hf_gnft.poison import poison_dataset
+    from hf_gnft.triggers import Tone
+
+    trigger = Tone(frequency_hz=2500.0, duration_s=0.08, level_db=-10.0)
+    poisoned, _ = poison_dataset(sine_dataset(num_rows=48, seconds=0.3, seed=1), trigger, 0.3, "yes", seed=0)
+    model, extractor = train_tiny_wav2vec2(poisoned)
+    return SimpleNamespace(model=model, extractor=extractor, trigger=trigger, target=0,
+                           clean=sine_dataset(num_rows=32, seconds=0.3, seed=3))  # fmt: skip

@@ -141,6 +141,10 @@ def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
         ({"clean_fraction": 0.0}, r"\(0, 1\]"),
         ({"min_suspect_accuracy": 1.5}, r"min_suspect_accuracy must be in \[0, 1\]"),
         ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
+        ({"interpolation_points": 1}, "interpolation_points"),
+        ({"relapse_settings": {"learning_rates": [0.0]}}, "relapse_settings"),
+        ({"relapse_settings": {"lr": 0.1}}, "relapse_settings"),
+        ({"retuning_reference": True}, "set retuning too"),
         (
             {"attack_training_by_model": {"tiny-hubert": {"learning_rate": 0.004}}},
             "not one of the grid's models",
@@ -382,3 +386,57 @@ def test_a_reference_trigger_name_resolves_in_a_grid(tmp_path):
         TriggerError, match="no_such.*reference triggers: noise_burst, tone, near_ultrasonic_tone"
     ):
         grid_trigger("no_such")
+
+
+def test_the_lasting_checks_and_the_oracle_run_in_the_grid_and_reach_the_report(tmp_path):
+    """relapse (with its re-inversion), the clean model's retuning reference, the interpolation curve and the
+    evaluation-only oracle (exact purification with the true trigger), on a tiny grid."""
+    config = BenchmarkConfig(**grid(
+        tmp_path, seeds=[0], retuning=True, retuning_reference=True, relapse=True, reinversion=True,
+        relapse_settings={"learning_rates": [0.01, 0.05], "num_train_epochs": 1}, interpolation_points=3,
+        clean_models=True, max_validation_drop=1.0,
+        defenses={"ft": {"grid": [0.05], "settings": {"max_steps": 2}},
+                  "oracle-ep": {"grid": [0.05], "settings": {"max_steps": 2}}},
+    ))  # fmt: skip
+    rows = Benchmark(config).run()
+    suspect_rows = [r for r in rows if r["trigger"] == "noise_burst"]
+    assert {r["defense"] for r in suspect_rows} == {"ft", "oracle-ep"}
+    for row in suspect_rows:
+        assert [run["learning_rate"] for run in row["relapse"]["runs"]] == [0.01, 0.05]
+        assert all(0 <= run["attack_success_rate"] <= 1 for run in row["relapse"]["runs"])
+        assert [point["weight"] for point in row["interpolation"]] == [0.0, 0.5, 1.0]
+        assert 0 <= row["retuned"]["reference"]["attack_success_rate"] <= 1
+        assert "oracle_trigger" not in row["settings"]  # the trigger stays out of the row
+    oracle = next(r for r in suspect_rows if r["defense"] == "oracle-ep")
+    assert oracle["info"]["triggered_copies"] > 0
+    clean_oracle = next(r for r in rows if r["trigger"] == "clean" and r["defense"] == "oracle-ep")
+    assert (
+        "trigger" in clean_oracle["unsupported"]
+    )  # a model trained without poisoning has no trigger to unlearn
+    reference = tmp_path / "bench" / "suspects" / "tiny-wav2vec2-clean" / "retuned.json"
+    assert len(json.loads(reference.read_text())) == 1  # once per suspect and clean subset
+    table = summarise(rows, config)
+    assert "ASR after relapse" in table and "clean reference" in table and "lr 0.01 / 0.05" in table
+    line = next(
+        line for line in table.splitlines() if line.startswith("| tiny-wav2vec2 | noise_burst | ft |")
+    )
+    relapse = " / ".join(
+        f"{100 * run['attack_success_rate']:.1f}" for run in suspect_rows[0]["relapse"]["runs"]
+    )
+    assert f"| {relapse} |" in line
+    written = write_reports(rows, config, tmp_path / "bench", "test")
+    assert (tmp_path / "bench" / "interpolation.png").stat().st_size > 0 and written
+
+
+def test_the_rule_counts_the_re_inversion_after_the_relapse_fine_tune(tmp_path):
+    config = BenchmarkConfig(**grid(tmp_path, reinversion=True, relapse=True))
+
+    def row(value, reinverted, relapsed):
+        return {"model": "m", "trigger": "t", "defense": "ft", "value": value, "seed": 0,
+                "validation_accuracy": {"before": 0.9, "after": 0.9},
+                "reinversion": {"targets": [0], "max_success_before": 0.9, "max_success_after": reinverted},
+                "relapse": {"runs": [{"learning_rate": 0.01, "reinversion": relapsed}]}}  # fmt: skip
+
+    # 0.05 looks less re-invertible on the defended weights, but its backdoor comes back after a clean fine-tune
+    rows = [row(0.01, 0.2, 0.25), row(0.05, 0.1, 0.8)]
+    assert choose_cells(rows, config)[("m", "t", "ft")][0] == 0.01

@@ -386,3 +386,25 @@ def test_a_mean_drop_of_exactly_the_limit_qualifies_despite_float_rounding():
     }  # mean 0.020000000000000018
     assert choose_strongest(drops, max_drop=0.02) == 0.02
     assert choose_strongest({0.02: [0.0201]}, max_drop=0.02) is None
+
+
+def test_the_relapse_check_is_recorded_and_stated_on_the_card(tmp_path, suspect):
+    """`--relapse_check` (on by default): the defended model fine-tuned again on the clean subset alone, at the FT
+    defense's learning rate and 5x it, with CA / ASR and a re-inversion after each; the card states them, and that
+    the retuning check's reference is unknown (no model trained without poisoning was given)."""
+    out = tmp_path / "cleaned"
+    fast = [arg for arg in FAST if arg not in ("--relapse_check", "--reinversion_check", "false")]
+    record = defend_recipe.main(["--defense", "ft", "--model", str(suspect), "--output_dir", str(out), "--clean_count",
+                                 "16", "--max_steps", "2", *DATA, *fast])  # fmt: skip
+    runs = record["relapse"]["runs"]
+    assert [run["learning_rate"] for run in runs] == [0.01, 0.05]
+    for run in runs:
+        assert 0 <= run["clean_accuracy"] <= 1 and 0 <= run["attack_success_rate"] <= 1
+        assert run["reinversion"] is None or 0 <= run["reinversion"] <= 1
+    assert record["relapse"]["settings"]["seed"] == record["clean_data"]["clean_seed"]
+    card = (out / "README.md").read_text()
+    assert "**Relapse check**" in card and "at learning rate 0.05" in card
+    assert f"ASR {round(100 * runs[1]['attack_success_rate'], 2)}%" in card
+    assert "reference (the same retuning of a model trained without poisoning) is unknown" in card
+    saved = json.loads((out / "defense_metrics.json").read_text())
+    assert saved["relapse"] == json.loads(json.dumps(record["relapse"]))

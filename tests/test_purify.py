@@ -353,7 +353,9 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     planted = planted_backdoor
     before = backdoor_metrics(planted, planted.model)
     assert before.attack_success_rate == 1.0
-    config = purify_config(tmp_path, purify_families=["additive"])
+    config = purify_config(
+        tmp_path, purify_families=["additive"], purify_shapes=[]
+    )  # the detection's surrogate
     outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
     after = backdoor_metrics(planted, outcome.model)
     ft = apply_fine_tuning(
@@ -369,8 +371,9 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     # round 0 takes the refinement's trigger (inverted against the same, unchanged model); later rounds invert
     assert [r["reused"] for r in outcome.info["rounds"]] == [1, 0, 0]
     assert set(outcome.info["seconds"]) == {
-        "detection", "refinement", "training", "round_inversions", "interpolation"
+        "detection", "refinement", "shapes", "training", "round_inversions", "interpolation", "repair"
     }  # fmt: skip
+    assert outcome.info["shapes"] == [] and "repair" not in outcome.info  # both off here
     assert outcome.info["rounds"][0]["triggers"][0]["success"] >= 0.9
     assert "interpolation" not in outcome.info and outcome.info["seconds"]["interpolation"] == 0.0  # off
     assert after.attack_success_rate <= 0.1 and after.clean_accuracy >= before.clean_accuracy - 0.05

@@ -31,8 +31,9 @@ RECIPE_DATA = [
     "40",
 ]
 RECIPE_FAST = ["--disable_tqdm", "true", "--per_device_train_batch_size", "8"]
-#: ... and for `hf-gnft defend` in tests that are not about the re-inversion check (it inverts every class).
-DEFEND_FAST = [*RECIPE_FAST, "--reinversion_check", "false"]
+#: ... and for `hf-gnft defend` in tests that are not about the re-inversion check (it inverts every class) or the
+#: relapse check (two more fine-tunes).
+DEFEND_FAST = [*RECIPE_FAST, "--reinversion_check", "false", "--relapse_check", "false"]
 
 
 def sine_dataset(num_rows: int = 40, seconds: float = 1.0, seed: int = 0):

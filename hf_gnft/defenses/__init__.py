@@ -24,7 +24,13 @@ from .fine_tuning import FTConfig, FTSAMConfig, apply_fine_tuning
 from .gnft_config import DefenseConfig, GNFTConfig
 from .gnft_trainer import GNFTTrainer
 from .nad import NADConfig, NADTrainer, apply_nad
-from .purify import PurifyConfig, PurifyTrainer, apply_purify
+from .purify import (
+    ExactPurificationConfig,
+    PurifyConfig,
+    PurifyTrainer,
+    apply_exact_purification,
+    apply_purify,
+)
 from .tsbd import TSBDConfig, apply_tsbd
 
 
@@ -126,6 +132,30 @@ DEFENSE_METHODS: dict[str, DefenseMethod] = {
 }  # fmt: skip
 
 
+#: evaluation-only references the benchmark runs beside the defenses, never offered by `hf-gnft defend`: they use
+#: what a defender does not have (the attack's trigger), so they are never used to choose a setting either
+ORACLE_METHODS: dict[str, DefenseMethod] = {
+    "oracle-ep": DefenseMethod(
+        "oracle-ep", ExactPurificationConfig, apply_exact_purification, "learning_rate", True,
+        "exact purification with the true trigger (Min et al., NeurIPS 2024): an evaluation-only reference",
+        paper_url=f"{ARXIV}2410.09838", long_name="oracle: unlearning the true trigger (EP)",
+    ),
+}  # fmt: skip
+
+
+def get_benchmark_defense(name: str) -> DefenseMethod:
+    """A defense, or one of the benchmark's evaluation-only references (`ORACLE_METHODS`)."""
+    if name in ORACLE_METHODS:
+        return ORACLE_METHODS[name]
+    try:
+        return get_defense(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown defense {name!r}; known: {', '.join(DEFENSE_METHODS)} (and for the benchmark only: "
+            f"{', '.join(ORACLE_METHODS)})"
+        ) from None
+
+
 def get_defense(name: str) -> DefenseMethod:
     """The defense called `name`; an unknown name is an error that lists the known ones."""
     try:
@@ -142,6 +172,7 @@ __all__ = [
     "DefenseMethod",
     "DefenseOutcome",
     "DefenseConfig",
+    "ExactPurificationConfig",
     "GNFTConfig",
     "GNFTTrainer",
     "FTConfig",
@@ -149,16 +180,19 @@ __all__ = [
     "FinePruningConfig",
     "NADConfig",
     "NADTrainer",
+    "ORACLE_METHODS",
     "PurifyConfig",
     "PurifyTrainer",
     "TSBDConfig",
     "UnsupportedModelError",
     "apply_anp",
     "apply_clp",
+    "apply_exact_purification",
     "apply_fine_pruning",
     "apply_fine_tuning",
     "apply_nad",
     "apply_purify",
     "apply_tsbd",
+    "get_benchmark_defense",
     "get_defense",
 ]

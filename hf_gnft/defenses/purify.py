@@ -6,11 +6,16 @@ The defender has the suspect and a small clean labelled subset. Purification
    when there is one) ([`hf_gnft.inversion.invert_classes`], the scan's
    additive inversion and a spectral one that can express pitch-shift and filter triggers) and takes the classes
    whose inversion success stands out (gap over the median class above a threshold) for backdoor targets;
-2. **unlearns**: fine-tunes with [`GNFTTrainer`] (GN-FT is the engine) on the clean subset plus copies of clean
+2. **shapes** the surrogate: each suspected target is inverted again with the shape families (`purify_shapes`: a
+   free pattern in one short window, a tone; [`hf_gnft.inversion.invert_burst`], [`invert_tonal`]); a shape that
+   sends most held-out clips to the target is what real audio triggers look like (a short loud sound, a tone) and
+   becomes the surrogate, in place of the detection's whole-clip perturbation (measured on `make demo`'s suspect:
+   unlearning the whole-clip surrogate left a backdoor that a clean fine-tune brought back, issue 26);
+3. **unlearns**: fine-tunes with [`GNFTTrainer`] (GN-FT is the engine) on the clean subset plus copies of clean
    clips carrying the inverted triggers, with their TRUE labels, so that the trigger stops meaning "target";
-3. **re-inverts** against the current model at the start of each of `purify_rounds` rounds (one training run,
+4. **re-inverts** against the current model at the start of each of `purify_rounds` rounds (one training run,
    one schedule, rounds split its steps), so the next round unlearns whatever shortcut is still there.
-4. optionally keeps only a share w of the weight change (`purify_interpolation_weight`, chosen by the defender's
+5. optionally keeps only a share w of the weight change (`purify_interpolation_weight`, chosen by the defender's
    rule on clean validation accuracy), or **walks back** towards the suspect's weights along the straight line
    between the two while a fresh inversion on held-out clean clips finds the trigger no easier
    (`purify_interpolation_step`, [`walk_back`]): much of the CA cost lies on the last part of that line, but the
@@ -40,7 +45,8 @@ from transformers import PreTrainedModel
 
 from ..inversion import (
     DEFAULT_THRESHOLDS,
-    FAMILIES,
+    DETECTION_FAMILIES,
+    LOCALISED_FAMILIES,
     InversionError,
     InversionSettings,
     InvertedTrigger,
@@ -85,6 +91,10 @@ class PurifyConfig(DefenseConfig):
     """Configuration of purification: [`DefenseConfig`] (GN-FT with r = 0.05, α = 0.7, SGD with momentum 0.9, the
     training budget) plus the inversion and the unlearning mix.
 
+    The learning rate defaults to 0.05, not the other defenses' 0.01: unlearning at 0.01 is shallow, and a clean
+    fine-tune brings the backdoor back even after unlearning the TRUE trigger (measured on `make demo`'s suspect:
+    24.8 / 51.8% ASR after clean fine-tunes at 0.01 / 0.05, against 0.1 / 1.4% after unlearning at 0.05; issue 26).
+
     The training budget (`num_train_epochs`, `max_steps`) counts steps over the mixed set (the clean subset
     plus `purify_mix_ratio` as many triggered copies): at the default 10 epochs and a ratio of 1 that is about
     as many steps as FT's and GN-FT's 20 epochs over the clean subset alone (130 against 140 for 200 clips,
@@ -92,7 +102,35 @@ class PurifyConfig(DefenseConfig):
 
     Args:
         purify_families (`list[str]`, *optional*, defaults to `["additive", "spectral"]`):
-            The inversion families (see `hf_gnft.inversion`).
+            The detection's inversion families (see `hf_gnft.inversion`; the scan's calibrated statistics), also
+            unlearned where no shape family reaches `purify_shape_min_success`.
+        purify_shapes (`list[str]`, *optional*, defaults to `["burst", "tonal"]`):
+            The shape families each suspected target is inverted with at the rounds' settings: a short loud sound
+            in one window (`burst`) and a sinusoid (`tonal`). The most successful of those whose held-out success
+            reaches `purify_shape_min_success` becomes the target's surrogate, in place of the detection's families:
+            a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip. `[]`: the
+            detection's families only (the behaviour before issue 26).
+        purify_shape_min_success (`float`, *optional*, defaults to `0.6`):
+            The held-out success a shape inversion needs to become the surrogate.
+        purify_repair_epochs (`float`, *optional*, defaults to `0.0`):
+            After unlearning, a plain fine-tune (no gradient-norm term) on the clean subset alone for this many
+            epochs: unlearning deep enough to last costs clean accuracy, and a short clean fine-tune wins most of it
+            back without bringing the backdoor back (measured on `make demo`'s suspect: unlearning at the trigger's
+            place, lr 0.05, 90.9 / 0.3 → 94.1 / 2.4 after 20 epochs at lr 0.01). Not after the GN-FT fallback.
+        purify_repair_learning_rate (`float`, *optional*, defaults to `0.01`):
+            The repair's learning rate (the FT defense's).
+        purify_burst_every_start (`bool`, *optional*, defaults to `True`):
+            The burst surrogate is one pattern at every window start (every 0.05 s, each copy carrying one in turn),
+            not one pattern where the search points. A backdoor keyed to a sound at one place is not found by the
+            search: on `make demo`'s suspect the true noise burst fires at 0.05 s (90%) and nowhere from 0.2 s on,
+            while an optimised pattern reaches the target from everywhere, most easily at the clip's ends (the
+            search picked 0.8 s). Unlearning the pattern at 0.8 s relapsed to 12–16% ASR after a clean fine-tune;
+            at the trigger's own place, 2–5% (issue 26).
+        purify_window_s (`float`, *optional*, defaults to `0.2`):
+            The shape families' window, in seconds (the reference noise burst's and tone's length).
+        purify_level_db (`float`, *optional*, defaults to `-15.0`):
+            The shape families' largest energy in the window, in dB re the (normalised) clip: −15 dB holds the
+            reference noise burst (−15 dB) and tone (−20 dB).
         purify_radius (`float`, *optional*, defaults to `0.02`):
             The additive inversion's L2 radius over the square root of the clip length, when unlearning.
         purify_max_gain_db (`float`, *optional*, defaults to `12.0`):
@@ -164,9 +202,45 @@ class PurifyConfig(DefenseConfig):
     num_train_epochs: float = field(
         default=10.0, metadata={"help": "Epochs over the mixed set (clean + triggered copies)."}
     )
+    learning_rate: float = field(
+        default=0.05, metadata={"help": "Peak learning rate (deep enough for the unlearning to last)."}
+    )
     purify_families: list[str] = field(
-        default_factory=lambda: list(FAMILIES),
-        metadata={"help": f"Inversion families: some of {', '.join(FAMILIES)}."},
+        default_factory=lambda: list(DETECTION_FAMILIES),
+        metadata={
+            "help": f"Detection (and fallback unlearning) families: some of {', '.join(DETECTION_FAMILIES)}."
+        },
+    )
+    purify_shapes: list[str] = field(
+        default_factory=lambda: list(LOCALISED_FAMILIES),
+        metadata={
+            "help": f"Shape families a detected target is inverted with for a surrogate like the trigger: some of "
+            f"{', '.join(LOCALISED_FAMILIES)} (none: the detection's families)."
+        },
+    )
+    purify_shape_min_success: float = field(
+        default=0.6,
+        metadata={"help": "A shape inversion reaching this held-out success becomes the target's surrogate."},
+    )
+    purify_window_s: float = field(default=0.2, metadata={"help": "The shape families' window, in seconds."})
+    purify_repair_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Epochs of a plain fine-tune on the clean subset alone after unlearning (0: none)."
+        },
+    )
+    purify_repair_learning_rate: float = field(
+        default=0.01, metadata={"help": "The repair fine-tune's learning rate (the FT defense's)."}
+    )
+    purify_burst_every_start: bool = field(
+        default=True,
+        metadata={
+            "help": "Unlearn a burst at every window start (every 0.05 s), not only where its search points."
+        },
+    )
+    purify_level_db: float = field(
+        default=-15.0,
+        metadata={"help": "The shape families' largest level in the window, in dB re the clip."},
     )
     purify_radius: float = field(
         default=0.02, metadata={"help": "Additive inversion radius (L2 over sqrt(length)) when unlearning."}
@@ -251,7 +325,17 @@ class PurifyConfig(DefenseConfig):
         super().__post_init__()
         try:
             check_inversion_settings(self.purify_radius, self.purify_steps, self.purify_max_gain_db,
-                                     self.purify_max_semitones, self.purify_families)  # fmt: skip
+                                     self.purify_max_semitones, self.purify_families, self.purify_window_s,
+                                     self.purify_level_db)  # fmt: skip
+            if any(family not in DETECTION_FAMILIES for family in self.purify_families):
+                raise InversionError(f"purify_families are the detection's: some of {', '.join(DETECTION_FAMILIES)}"
+                                     f", got {self.purify_families!r} (shapes go in purify_shapes)")  # fmt: skip
+            shapes = self.purify_shapes
+            if isinstance(shapes, str) or any(shape not in LOCALISED_FAMILIES for shape in shapes):
+                raise InversionError(f"purify_shapes must be a list of some of {', '.join(LOCALISED_FAMILIES)}, got "
+                                     f"{shapes!r}")  # fmt: skip
+            if len(set(shapes)) != len(shapes):
+                raise InversionError(f"a shape family is named twice: {list(shapes)}")
             check_inversion_settings(self.purify_detection_radius, self.purify_detection_steps)
             InversionSettings(filter_steps=self.purify_filter_steps)
         except InversionError as error:
@@ -283,6 +367,14 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(
                 "purify_interpolation_weight fixes the weight that purify_interpolation_step searches for: set one"
             )
+        epochs, rate = self.purify_repair_epochs, self.purify_repair_learning_rate
+        if not (is_finite_number(epochs) and epochs >= 0):
+            raise ValueError(f"purify_repair_epochs must be a finite number >= 0, got {epochs!r}")
+        if not (is_finite_number(rate) and rate > 0):
+            raise ValueError(f"purify_repair_learning_rate must be a finite number > 0, got {rate!r}")
+        share = self.purify_shape_min_success
+        if not (is_finite_number(share) and 0 < share <= 1):
+            raise ValueError(f"purify_shape_min_success must be in (0, 1], got {share!r}")
         ratio = self.purify_mix_ratio
         if not (is_finite_number(ratio) and ratio > 0):
             raise ValueError(f"purify_mix_ratio must be a finite number > 0, got {ratio!r}")
@@ -295,7 +387,9 @@ class PurifyConfig(DefenseConfig):
         """The unlearning rounds' inversion settings."""
         return InversionSettings(list(self.purify_families), self.purify_steps, self.purify_radius,
                                  self.purify_max_gain_db, self.purify_max_semitones,
-                                 self.purify_filter_steps)  # fmt: skip
+                                 self.purify_filter_steps, window_s=self.purify_window_s,
+                                 level_db=self.purify_level_db,
+                                 burst_every_start=self.purify_burst_every_start)  # fmt: skip
 
     def detection_settings(self) -> InversionSettings:
         """The detection's inversion settings (the scan's additive radius and steps)."""
@@ -312,15 +406,47 @@ def unlearning_plan(
     targets: list[int],
     config: PurifyConfig,
     families: list[str] | None = None,
+    shaped: list[dict[str, Any]] | None = None,
 ) -> list[tuple[int, str]]:
-    """The (target, family) pairs each round inverts and unlearns: with `purify_unlearn="flagged"`, each chosen
+    """The (target, family) pairs each round inverts and unlearns. A target whose shape inversions (`shaped`: rows
+    of [`shape_suspects`]) reach `purify_shape_min_success` is unlearned with its most successful shape alone: a
+    short loud sound or a tone like the trigger, rather than a faint perturbation over the whole clip, which costs
+    accuracy on every class and leaves the real pathway in place (two shapes share the copies: on `make demo`'s
+    suspect burst and tone together relapsed to 14.9% ASR after a clean fine-tune at lr 0.05, the burst alone to
+    9.1%). Otherwise, with `purify_unlearn="flagged"`, each chosen
     target with the families whose detection named it a candidate (a pitch-shift trigger is not unlearned as a
-    noise, nor a noise as a pitch shift); with `"all"`, every family (of `families`, default
-    `purify_families`: those that can invert the model) for every target."""
-    if config.purify_unlearn == "all":
-        families = config.purify_families if families is None else families
-        return [(target, family) for target in targets for family in families]
-    return [(row["target"], row["family"]) for row in refined if row["target"] in targets]
+    noise, nor a noise as a pitch shift); with `"all"`, every family (of `families`, default `purify_families`:
+    those that can invert the model) for every target."""
+    plan = []
+    for target in targets:
+        shapes = [row for row in shaped or [] if row["target"] == target
+                  and row["success"] >= config.purify_shape_min_success]  # fmt: skip
+        if shapes:  # the most successful shape alone (the first of `purify_shapes` on a tie)
+            plan.append((target, max(shapes, key=lambda row: row["success"])["family"]))
+        elif config.purify_unlearn == "all":
+            plan += [
+                (target, family) for family in (config.purify_families if families is None else families)
+            ]
+        else:
+            plan += [(row["target"], row["family"]) for row in refined if row["target"] == target]
+    return plan
+
+
+def shape_suspects(
+    model: torch.nn.Module,
+    extractor: Any,
+    clips: Dataset,
+    targets: list[int],
+    config: PurifyConfig,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Every suspected target inverted with every shape family of `purify_shapes` the model can take, at the
+    rounds' settings: rows `target`, `family`, `success` (held-out) and `trigger`, most successful first."""
+    shapes = supported_families(model, config.purify_shapes) if config.purify_shapes else []
+    if not shapes:
+        return []
+    return refine_suspects(model, extractor, clips, {shape: list(targets) for shape in shapes},
+                           config.inversion_settings(), batch_size=batch_size)  # fmt: skip
 
 
 class PurifyCollator(AudioClassificationCollator):
@@ -595,6 +721,68 @@ def mixed_training_set(clean: Dataset, ratio: float, seed: int) -> Dataset:
     return concatenate_datasets([plain, triggered])
 
 
+@dataclass
+class ExactPurificationConfig(DefenseConfig):
+    """Unlearning with the TRUE trigger ("exact purification", EP; Min et al., NeurIPS 2024): the number purification
+    is measured against, for evaluation only (the benchmark's `oracle-ep`), never a product setting and never used
+    to choose one. The benchmark fills in the attack's trigger and target for each cell.
+
+    Args:
+        num_train_epochs: purification's budget (10 epochs over the clean subset plus its triggered copies).
+        oracle_trigger: the attack's trigger (a `Trigger` spec as a mapping).
+        oracle_target: the attack's target class id.
+    """
+
+    num_train_epochs: float = field(
+        default=10.0, metadata={"help": "Epochs over the mixed set (purification's budget)."}
+    )
+    oracle_trigger: dict | None = field(default=None, metadata={"help": "The attack's trigger spec."})
+    oracle_target: int | None = field(default=None, metadata={"help": "The attack's target class id."})
+
+
+def apply_exact_purification(
+    model: PreTrainedModel,
+    extractor: Any,
+    clean: Dataset,
+    config: ExactPurificationConfig,
+    validation: Dataset | None = None,
+) -> DefenseOutcome:
+    """Evaluation only: GN-FT on the clean subset plus a copy of each of its non-target clips carrying the attack's
+    TRUE trigger, with its true label (`config.oracle_trigger`, `config.oracle_target`), for purification's budget.
+    What unlearning reaches when the surrogate is the trigger itself.
+
+    Raises:
+        UnsupportedModelError: no trigger (a model trained without poisoning has none to unlearn).
+        DefenseInputError: an empty clean subset, or one whose every clip is of the target class.
+    """
+    from ..neurons import UnsupportedModelError
+    from ..poison import PoisonError, make_triggered_eval_set
+
+    check_clean_subset(clean, "oracle-ep")
+    if config.oracle_trigger is None or config.oracle_target is None:
+        raise UnsupportedModelError(
+            "exact purification unlearns the attack's trigger, and this model has none"
+        )
+    try:
+        copies = make_triggered_eval_set(clean, config.oracle_trigger, int(config.oracle_target))
+    except PoisonError as error:
+        raise DefenseInputError(f"oracle-ep: {error}") from None
+    copies = copies.remove_columns([c for c in copies.column_names if c not in clean.column_names])
+    mixed = concatenate_datasets([clean, copies.cast(clean.features)])
+    defended = copy_model(model)
+    trainer = fine_tune(defended, extractor, mixed, config, trainer_class=GNFTTrainer)
+    defended.eval()
+    return DefenseOutcome(
+        defended,
+        {
+            "defense": "oracle-ep",
+            "triggered_copies": len(copies),
+            "steps": trainer.state.global_step,
+            "log_history": list(trainer.state.log_history),
+        },  # fmt: skip
+    )
+
+
 def apply_purify(
     model: PreTrainedModel,
     extractor: Any,
@@ -642,7 +830,12 @@ def apply_purify(
                               batch_size=config.per_device_train_batch_size, detection=detection)  # fmt: skip
     seconds = {"detection": detected - started, "refinement": time.perf_counter() - detected}
     targets = list(dict.fromkeys(row["target"] for row in refined))[: config.purify_max_targets]
-    plan = unlearning_plan(refined, targets, config, supported_families(defended, config.purify_families))
+    shaped = shape_suspects(defended, extractor, detection_clips, targets, config,
+                            batch_size=config.per_device_train_batch_size)  # fmt: skip
+    seconds["shapes"] = time.perf_counter() - detected - seconds["refinement"]
+    plan = unlearning_plan(
+        refined, targets, config, supported_families(defended, config.purify_families), shaped
+    )
     info: dict[str, Any] = {
         "defense": DEFENSE_NAME,
         "detection": detection.describe(),
@@ -650,6 +843,7 @@ def apply_purify(
         "thresholds": config.thresholds(),
         "candidates": candidates,
         "refined": [{k: v for k, v in row.items() if k != "trigger"} for row in refined],
+        "shapes": [row["trigger"].describe() for row in shaped],
         "targets": targets,
         "plan": [[target, family] for target, family in plan],
         "target_names": [model.config.id2label[t] for t in targets] if hasattr(model, "config") else targets,
@@ -683,7 +877,7 @@ def apply_purify(
             normalize=normalize,
             sampling_rate=rate,
             # the refinement inverted the targets at the rounds' settings against the unchanged model: round 0
-            initial_triggers={(row["target"], row["family"]): row["trigger"] for row in refined},
+            initial_triggers={(row["target"], row["family"]): row["trigger"] for row in [*refined, *shaped]},
             teacher=model,
             distillation=config.purify_distillation,
             temperature=config.purify_temperature,
@@ -708,12 +902,26 @@ def apply_purify(
         interpolate_weights(defended, suspect, trained, config.purify_interpolation_weight)
         info["interpolation"] = {"weight": config.purify_interpolation_weight, "fixed": True}
     seconds["interpolation"] = info.get("interpolation", {}).get("seconds", 0.0)
+    seconds["repair"] = 0.0
+    if config.purify_repair_epochs > 0 and targets:
+        repair_started = time.perf_counter()
+        repair = copy.deepcopy(config)
+        repair.gn_alpha = 0.0
+        repair.learning_rate = config.purify_repair_learning_rate
+        repair.num_train_epochs = config.purify_repair_epochs
+        repair.max_steps, repair.resume_from_checkpoint = -1, None
+        repaired = fine_tune(defended, extractor, clean, repair, trainer_class=GNFTTrainer)
+        info["repair"] = {"steps": repaired.state.global_step, "learning_rate": repair.learning_rate,
+                          "epochs": repair.num_train_epochs}  # fmt: skip
+        seconds["repair"] = time.perf_counter() - repair_started
     seconds["training"] = (
         time.perf_counter()
         - started
         - seconds["detection"]
         - seconds["refinement"]
+        - seconds["shapes"]
         - seconds["interpolation"]
+        - seconds["repair"]
     )
     seconds["round_inversions"] = sum(entry.get("seconds", 0.0) for entry in info.get("rounds", []))
     info["seconds"] = {key: round(value, 2) for key, value in seconds.items()}

@@ -4,10 +4,14 @@
 2. plants a noise-burst backdoor in a tiny Wav2Vec2 (10% dirty-label poisoning, target "yes");
 3. scans it from clean validation clips (`hf-gnft scan`: no trigger needed) and prints the verdict;
 4. cleans it with plain fine-tuning (FT), with GN-FT and with purification (`--defense purify`: the trigger
-   inverted from the clean subset and unlearned with GN-FT), all on the same 5% clean subset and number of
-   optimizer steps;
-5. prints a table of clean accuracy (CA), attack success rate (ASR), robust accuracy (RA), DER and the re-inversion
-   check (how easily a fresh inversion from clean clips still reaches the suspected target).
+   inverted from clean data, shaped like a real audio trigger, and unlearned with GN-FT), all on the same 5% clean
+   subset and number of optimizer steps;
+5. checks that the backdoor stayed gone: each defended model is fine-tuned again on the clean subset alone (the
+   relapse check, at the FT defense's learning rate and 5x it) and retuned with 5 triggered clips (the retuning
+   check), beside the same retuning of a model trained on the same data without poisoning (the reference);
+6. prints a table of clean accuracy (CA), attack success rate (ASR), robust accuracy (RA), DER, the re-inversion
+   check (how easily a fresh inversion from clean clips still reaches the suspected target), and the ASR after the
+   relapse and retuning checks.
 
     hf-gnft demo --output_dir outputs/demo       # or: python recipes/demo.py ...
 """
@@ -22,26 +26,44 @@ from pathlib import Path
 import torch
 
 from hf_gnft.analysis import scan_model
-from hf_gnft.attack import AttackArguments, ModelArguments, run_attack
+from hf_gnft.attack import ATTACK_SPEC_FILE, AttackArguments, ModelArguments, run_attack
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
 from hf_gnft.defenses import DefenseConfig, FTConfig, PurifyConfig
 from hf_gnft.models import load_suspect_model
 from hf_gnft.pipeline import SuspectModelArguments, run_defense
+from hf_gnft.poison import AttackSpec, make_triggered_eval_set
+from hf_gnft.retuning import RetuningConfig, retuning_attack
 from hf_gnft.trainer_args import KeywordTrainingArguments
+from hf_gnft.training import evaluate_backdoor
 
 
-def format_table(rows: list[tuple[str, dict, float | None, float | None, float]]) -> str:
+def format_table(rows: list[dict]) -> str:
+    """The demo's table; each row: `name`, `metrics` (CA / ASR / RA), `der`, `reinversion`, `relapse` (the ASRs
+    after the clean fine-tunes), `retuned` (the ASR after retuning) and `seconds`."""
+
+    def percent(value: float | None, digits: int = 1) -> str:
+        return "" if value is None else f"{100 * value:.{digits}f}"
+
     lines = [
-        "| model | CA % | ASR % | RA % | DER | re-inversion % | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | CA % | ASR % | RA % | DER | re-inversion % | ASR % after a clean fine-tune (lr 0.01 / 0.05) "
+        "| ASR % after retuning | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, metrics, der, reinverted, seconds in rows:
+    for row in rows:
+        metrics, der = row["metrics"], row.get("der")
+        relapse = " / ".join(percent(value) for value in row.get("relapse") or [])
         lines.append(
-            f"| {name} | {100 * metrics['clean_accuracy']:.1f} | {100 * metrics['attack_success_rate']:.1f} "
-            f"| {100 * metrics['robust_accuracy']:.1f} | {'' if der is None else f'{der:.3f}'} "
-            f"| {'' if reinverted is None else f'{100 * reinverted:.0f}'} | {seconds:.0f} |"
+            f"| {row['name']} | {percent(metrics['clean_accuracy'])} | {percent(metrics['attack_success_rate'])} "
+            f"| {percent(metrics['robust_accuracy'])} | {'' if der is None else f'{der:.3f}'} "
+            f"| {percent(row.get('reinversion'), 0)} | {relapse} | {percent(row.get('retuned'))} "
+            f"| {row['seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def relapse_asrs(record: dict) -> list[float | None]:
+    """The ASR after each of a defense record's relapse fine-tunes."""
+    return [run["attack_success_rate"] for run in (record.get("relapse") or {}).get("runs") or []]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -53,7 +75,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--learning_rate", type=float, default=0.05, help="FT and GN-FT learning rate (SGD)")
     parser.add_argument(
-        "--purify_learning_rate", type=float, default=0.01, help="purification's learning rate (its default)"
+        "--purify_learning_rate",
+        type=float,
+        default=None,
+        help="purification's learning rate (default: its own)",
+    )
+    parser.add_argument(
+        "--clean_reference",
+        type=lambda text: text.lower() in ("1", "true", "yes"),
+        default=True,
+        help="also train the model without poisoning and retune it the same way (the retuning check's reference)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -70,17 +101,18 @@ def main(argv: list[str] | None = None) -> str:
     model, extractor = load_suspect_model(attack.output_dir)
     scan = scan_model(model, extractor, DataArguments().load(16_000)["validation"], progress=False)
     print(f"\nScan of the backdoored model (clean validation clips, no trigger): {scan.verdict}\n")
-    rows = [("backdoored", attack.metrics, None, None, attack.metrics["train_seconds"])]
+    clean = CleanDataArguments()
+    rows = [{"name": "backdoored", "metrics": attack.metrics, "seconds": attack.metrics["train_seconds"]}]
     summary = {"backdoored": attack.metrics, "scan": scan.to_dict()}
     defenses = (  # the same clean subset and number of optimizer steps
         ("FT", FTConfig, args.learning_rate),
         ("GN-FT", DefenseConfig, args.learning_rate),
-        ("purify", PurifyConfig, args.purify_learning_rate),
+        ("purify", PurifyConfig, args.purify_learning_rate or PurifyConfig.learning_rate),
     )
     for name, config_class, learning_rate in defenses:
         result = run_defense(
             DataArguments(),
-            CleanDataArguments(),
+            clean,
             SuspectModelArguments(model=attack.output_dir),
             config_class(
                 output_dir=str(out / name.lower()),
@@ -92,16 +124,49 @@ def main(argv: list[str] | None = None) -> str:
         )
         record = result.record
         rows.append(
-            (f"after {name} (lr {learning_rate:g})", result.after.to_dict(), record["der"],
-             (record["reinversion"] or {}).get("max_success_after"), record["train_seconds"])
+            {"name": f"after {name} (lr {learning_rate:g})", "metrics": result.after.to_dict(), "der": record["der"],
+             "reinversion": (record["reinversion"] or {}).get("max_success_after"), "relapse": relapse_asrs(record),
+             "retuned": record["retuning"]["after"]["attack_success_rate"], "seconds": record["train_seconds"]}
         )  # fmt: skip
         summary[name] = {key: value for key, value in record.items() if key != "log_history"}
-    rows[0] = (*rows[0][:3], (summary["purify"]["reinversion"] or {}).get("max_success_before"), rows[0][4])
+    rows[0]["reinversion"] = (summary["purify"]["reinversion"] or {}).get("max_success_before")
+    rows[0]["retuned"] = summary["purify"]["retuning"]["before"]["attack_success_rate"]
+    if args.clean_reference:
+        rows.append(clean_reference_row(args, out, clean, attack.output_dir, summary))
     table = format_table(rows)
     (out / "table.md").write_text(f"Scan: {scan.verdict}\n\n{table}\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nScan: {scan.verdict}\n\n{table}")
     return table
+
+
+def clean_reference_row(
+    args: argparse.Namespace, out: Path, clean: CleanDataArguments, suspect_dir: str, summary: dict
+) -> dict:
+    """The same model trained on the same data without poisoning, its ASR with the trigger, and the same retuning
+    check (seeded like the defenses'): what a model that never had the backdoor gives."""
+    reference = run_attack(
+        DataArguments(),
+        None,
+        ModelArguments(model=args.model),
+        KeywordTrainingArguments(
+            output_dir=str(out / "trained-clean"),
+            seed=args.seed,
+            disable_tqdm=True,
+            overwrite_output_dir=True,
+        ),  # fmt: skip
+    )
+    model, extractor = load_suspect_model(reference.output_dir)
+    spec = AttackSpec.from_json(str(Path(suspect_dir) / ATTACK_SPEC_FILE))
+    dataset = DataArguments().load(16_000)
+    test, trigger = dataset[clean.eval_split], spec.build_trigger()
+    triggered = make_triggered_eval_set(test, trigger, spec.target_label)
+    metrics = evaluate_backdoor(model, extractor, test, triggered, spec.target_label)
+    retuned = retuning_attack(model, extractor, clean.select(dataset[clean.clean_split]), trigger, spec.target_label,
+                              test, triggered, RetuningConfig(seed=clean.clean_seed))  # fmt: skip
+    summary["trained without poisoning"] = {"metrics": metrics.to_dict(), "retuned": retuned.to_dict()}
+    return {"name": "trained without poisoning (reference)", "metrics": metrics.to_dict(),
+            "retuned": retuned.metrics.attack_success_rate, "seconds": reference.metrics["train_seconds"]}  # fmt: skip
 
 
 if __name__ == "__main__":

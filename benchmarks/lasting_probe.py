@@ -1,0 +1,117 @@
+"""One-seed probe of lasting (issue 26): a defense on one suspect, then the relapse and retuning checks.
+
+For a suspect folder written by `hf-gnft attack` (with its `attack_spec.json`; `make demo` writes one to
+`outputs/demo/backdoored`): the 5% clean subset of the synthetic corpus (`--seed`), the defense (`purify` with the
+settings given, or the evaluation-only `oracle-ep`: unlearning with the TRUE trigger), then CA / ASR on the full test
+split, clean validation accuracy, the relapse check (clean fine-tunes at lr 0.01 and 0.05, with a re-inversion after
+each) and the retuning check. One JSON line per run is appended to `--output` (default
+`benchmarks/lasting/probe.jsonl`). Not a benchmark (one seed, no knob search): `hf-gnft benchmark` is.
+
+    python benchmarks/lasting_probe.py outputs/demo/backdoored --defense oracle-ep --settings '{"learning_rate": 0.05}'
+    python benchmarks/lasting_probe.py outputs/demo/backdoored --settings '{"purify_shapes": ["burst"]}'
+    python benchmarks/lasting_probe.py outputs/demo/backdoored --settings '{"purify_shapes": ["burst"],
+        "purify_burst_every_start": false}' --burst_start_s 0.05
+
+`--burst_start_s`: a diagnosis only, never a defense: the burst surrogate is inverted at this one start (the
+trigger's, which a defender does not know), to separate the surrogate's place from its shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+
+import hf_gnft.inversion as inversion
+from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+from hf_gnft.defenses import ExactPurificationConfig, PurifyConfig, apply_exact_purification, apply_purify
+from hf_gnft.lasting import RelapseConfig, relapse_check
+from hf_gnft.models import load_suspect_model
+from hf_gnft.outputs import machine_description
+from hf_gnft.poison import AttackSpec, make_triggered_eval_set
+from hf_gnft.retuning import RetuningConfig, retuning_attack
+from hf_gnft.training import evaluate_backdoor
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suspect")
+    parser.add_argument("--defense", choices=("purify", "oracle-ep"), default="purify")
+    parser.add_argument("--settings", type=json.loads, default={}, help="config fields as a JSON mapping")
+    parser.add_argument("--seed", type=int, default=0, help="the clean subset's seed (and the defense's)")
+    parser.add_argument("--burst_start_s", type=float, default=None, help="diagnosis only: see the docs")
+    parser.add_argument("--output", default="benchmarks/lasting/probe.jsonl")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    if args.burst_start_s is not None:
+        start = int(round(args.burst_start_s * 16_000))
+        inversion.window_starts = lambda length, window, stride: [start]
+    model, extractor = load_suspect_model(args.suspect)
+    spec = AttackSpec.from_json(str(Path(args.suspect) / "attack_spec.json"))
+    dataset = DataArguments().load(16_000)
+    test, validation = dataset["test"], dataset["validation"]
+    trigger, target = spec.build_trigger(), spec.target_label
+    triggered = make_triggered_eval_set(test, trigger, target)
+    clean = CleanDataArguments(clean_fraction=0.05, clean_seed=args.seed).select(dataset["train"])
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        common = {"output_dir": scratch, "seed": args.seed, "disable_tqdm": True, "report_to": "none"}
+        if args.defense == "oracle-ep":
+            config = ExactPurificationConfig(oracle_trigger=trigger.to_dict(), oracle_target=target, **common,
+                                             **args.settings)  # fmt: skip
+            outcome = apply_exact_purification(model, extractor, clean, config)
+        else:
+            config = PurifyConfig(**common, **args.settings)
+            outcome = apply_purify(model, extractor, clean, config, validation=validation)
+    defense_seconds = time.perf_counter() - started
+    defended = outcome.model
+    before = evaluate_backdoor(model, extractor, test, triggered, target)
+    after = evaluate_backdoor(defended, extractor, test, triggered, target)
+    relapse = relapse_check(defended, extractor, clean, test=test, triggered=triggered, target=target, suspect=model,
+                            clips=validation, config=RelapseConfig(seed=args.seed))  # fmt: skip
+    retuned = retuning_attack(defended, extractor, clean, trigger, target, test, triggered,
+                              RetuningConfig(seed=args.seed))  # fmt: skip
+    row = {
+        "suspect": Path(args.suspect).name,
+        "defense": args.defense,
+        "settings": args.settings,
+        "burst_start_s": args.burst_start_s,
+        "seed": args.seed,
+        "before": {"clean_accuracy": percent(before.clean_accuracy), "attack_success_rate":
+                   percent(before.attack_success_rate),
+                   "validation_accuracy": percent(evaluate_backdoor(model, extractor, validation).clean_accuracy)},
+        "after": {"clean_accuracy": percent(after.clean_accuracy), "attack_success_rate":
+                  percent(after.attack_success_rate),
+                  "validation_accuracy": percent(evaluate_backdoor(defended, extractor, validation).clean_accuracy)},
+        "relapse": [{"learning_rate": run["learning_rate"], "clean_accuracy": percent(run["clean_accuracy"]),
+                     "attack_success_rate": percent(run["attack_success_rate"]),
+                     "reinversion": percent(run["reinversion"])} for run in relapse["runs"]],
+        "retuned_asr": percent(retuned.metrics.attack_success_rate),
+        "plan": outcome.info.get("plan"),
+        "shapes": outcome.info.get("shapes"),
+        "defense_seconds": round(defense_seconds, 1),
+        "machine": machine_description(),
+    }  # fmt: skip
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
