@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify attack-table attack-table-paper bench-paper bench-paper-cpu observation \
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify bench-lasting attack-table attack-table-paper bench-paper bench-paper-cpu observation \
 	scan-validation clean
 
 $(STAMP): setup.py
@@ -62,6 +62,9 @@ bench-tsbd: $(STAMP)  # TSBD beside FT and GN-FT on the small grid's suspects, w
 
 bench-purify: $(STAMP)  # purification beside GN-FT, FT and TSBD on the small grid's suspects, with the retuning and re-inversion checks; resumable
 	$(PY) recipes/benchmark.py benchmarks/grids/purify.yaml
+
+bench-lasting: $(STAMP)  # purify beside FT and the true-trigger oracle, with the relapse, retuning and re-inversion checks; resumable, hours on 2 cores
+	$(PY) recipes/benchmark.py benchmarks/grids/lasting.yaml
 
 observation: $(STAMP)  # GN-FT's observation on the small grid's suspects, before and after GN-FT; resumable
 	$(PY) benchmarks/observation.py

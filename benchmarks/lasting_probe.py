@@ -37,23 +37,62 @@ from hf_gnft.outputs import machine_description
 from hf_gnft.poison import AttackSpec, make_triggered_eval_set
 from hf_gnft.retuning import RetuningConfig, retuning_attack
 from hf_gnft.training import evaluate_backdoor
+from hf_gnft.triggers import trigger_from_config
 
 
 def percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 1)
 
 
+def describe_run(row: dict) -> str:
+    """A row's defense and settings, as the table names it."""
+    settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in row["settings"].items()) or "defaults"
+    place = (
+        f", burst at {row['burst_start_s']:g} s (diagnosis)" if row.get("burst_start_s") is not None else ""
+    )
+    plan = ", ".join(family for _, family in row.get("plan") or [])
+    return f"{row['defense']} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}"
+
+
+def report(path: str) -> str:
+    """The Markdown table of a probe file (one row per run, in order)."""
+    lines = [
+        "| run | seed | CA | ASR | validation | relapse lr 0.01: CA / ASR | relapse lr 0.05: CA / ASR | retuned ASR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for text in Path(path).read_text().splitlines():
+        row = json.loads(text)
+        before, after = row["before"], row["after"]
+        relapse = [f"{run['clean_accuracy']} / {run['attack_success_rate']}" for run in row["relapse"]]
+        lines.append(
+            f"| {describe_run(row)} | {row['seed']} | {after['clean_accuracy']} | {after['attack_success_rate']} "
+            f"| {after['validation_accuracy']} (suspect {before['validation_accuracy']}) | {' | '.join(relapse)} "
+            f"| {row['retuned_asr']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("suspect")
+    parser.add_argument("suspect", nargs="?")
+    parser.add_argument("--report", action="store_true", help="print the table of --output and exit")
+    parser.add_argument(
+        "--positions", nargs="+", type=float, metavar="S",
+        help="only measure the suspect's ASR with its own trigger moved to each start (seconds) and exit",
+    )  # fmt: skip
     parser.add_argument("--defense", choices=("purify", "oracle-ep"), default="purify")
     parser.add_argument("--settings", type=json.loads, default={}, help="config fields as a JSON mapping")
     parser.add_argument("--seed", type=int, default=0, help="the clean subset's seed (and the defense's)")
     parser.add_argument("--burst_start_s", type=float, default=None, help="diagnosis only: see the docs")
     parser.add_argument("--output", default="benchmarks/lasting/probe.jsonl")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.output))
+        return
+    if args.suspect is None:
+        parser.error("a suspect folder is needed (or --report)")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -65,6 +104,20 @@ def main() -> None:
     dataset = DataArguments().load(16_000)
     test, validation = dataset["test"], dataset["validation"]
     trigger, target = spec.build_trigger(), spec.target_label
+    if args.positions:
+        moved = {}
+        for start in args.positions:
+            shifted = trigger_from_config({**trigger.to_dict(), "position": start})
+            triggered = make_triggered_eval_set(test, shifted, target)
+            moved[f"{start:g}"] = percent(
+                evaluate_backdoor(model, extractor, test, triggered, target).attack_success_rate
+            )
+        row = {"suspect": Path(args.suspect).name, "trigger": trigger.to_dict(), "asr_by_start_s": moved,
+               "machine": machine_description()}  # fmt: skip
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).with_name("positions.json").write_text(json.dumps(row, indent=2) + "\n")
+        print(json.dumps(row))
+        return
     triggered = make_triggered_eval_set(test, trigger, target)
     clean = CleanDataArguments(clean_fraction=0.05, clean_seed=args.seed).select(dataset["train"])
     started = time.perf_counter()

@@ -440,3 +440,13 @@ def test_the_rule_counts_the_re_inversion_after_the_relapse_fine_tune(tmp_path):
     # 0.05 looks less re-invertible on the defended weights, but its backdoor comes back after a clean fine-tune
     rows = [row(0.01, 0.2, 0.25), row(0.05, 0.1, 0.8)]
     assert choose_cells(rows, config)[("m", "t", "ft")][0] == 0.01
+
+
+def test_shipped_lasting_grid_runs_every_lasting_check_and_the_oracle():
+    config = BenchmarkConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "lasting.yaml"
+    )
+    assert {e.method for e in config.defenses.values()} == {"purify", "oracle-ep", "ft"}
+    assert config.relapse and config.retuning and config.retuning_reference and config.reinversion
+    assert config.clean_models and config.interpolation_points == 11 and config.seeds == [0, 1, 2]
+    assert config.models == ["tiny-wav2vec2", "tiny-hubert"] and len(config.triggers) == 4

@@ -252,7 +252,7 @@ def test_the_oracle_is_for_the_benchmark_only_and_needs_the_attack(planted_backd
 
 def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor, tmp_path):
     planted = planted_backdoor
-    config = PurifyConfig(output_dir=str(tmp_path / "p"), num_train_epochs=5, learning_rate=0.05,
+    config = PurifyConfig(output_dir=str(tmp_path / "p"), num_train_epochs=5, learning_rate=0.05, purify_mix_ratio=1.0,
                           purify_window_s=0.08, purify_level_db=-10.0, purify_repair_epochs=3,
                           purify_repair_learning_rate=0.01, **TRAINING)  # fmt: skip
     outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)

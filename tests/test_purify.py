@@ -54,7 +54,8 @@ TRAINING = dict(
 
 
 def purify_config(tmp_path, **overrides) -> PurifyConfig:
-    values = dict(output_dir=str(tmp_path / "purify"), num_train_epochs=5, **TRAINING)
+    values = dict(output_dir=str(tmp_path / "purify"), num_train_epochs=5, purify_mix_ratio=1.0,
+                  purify_repair_epochs=0.0, **TRAINING)  # fmt: skip
     return PurifyConfig(**{**values, **overrides})
 
 

@@ -96,27 +96,31 @@ class PurifyConfig(DefenseConfig):
     24.8 / 51.8% ASR after clean fine-tunes at 0.01 / 0.05, against 0.1 / 1.4% after unlearning at 0.05; issue 26).
 
     The training budget (`num_train_epochs`, `max_steps`) counts steps over the mixed set (the clean subset
-    plus `purify_mix_ratio` as many triggered copies): at the default 10 epochs and a ratio of 1 that is about
-    as many steps as FT's and GN-FT's 20 epochs over the clean subset alone (130 against 140 for 200 clips,
-    batches of 32).
+    plus `purify_mix_ratio` as many triggered copies): at the default 20/3 epochs and a ratio of 2 that is about
+    as many steps as FT's and GN-FT's 20 epochs over the clean subset alone (133 against 140 for 200 clips,
+    batches of 32); the repair (`purify_repair_epochs`, 20) then adds FT's own budget.
 
     Args:
         purify_families (`list[str]`, *optional*, defaults to `["additive", "spectral"]`):
             The detection's inversion families (see `hf_gnft.inversion`; the scan's calibrated statistics), also
             unlearned where no shape family reaches `purify_shape_min_success`.
-        purify_shapes (`list[str]`, *optional*, defaults to `["burst", "tonal"]`):
+        purify_shapes (`list[str]`, *optional*, defaults to `["burst"]`):
             The shape families each suspected target is inverted with at the rounds' settings: a short loud sound
             in one window (`burst`) and a sinusoid (`tonal`). The most successful of those whose held-out success
             reaches `purify_shape_min_success` becomes the target's surrogate, in place of the detection's families:
             a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip. `[]`: the
-            detection's families only (the behaviour before issue 26).
+            detection's families only (the behaviour before issue 26). `tonal` is not on by default: on `make
+            demo`'s noise-burst suspect a tone reached the target about as often as the burst (0.81–0.84 against
+            0.82–0.89), won on one draw of the inversion clips, and unlearning it left 59.8% ASR.
         purify_shape_min_success (`float`, *optional*, defaults to `0.6`):
             The held-out success a shape inversion needs to become the surrogate.
-        purify_repair_epochs (`float`, *optional*, defaults to `0.0`):
+        purify_repair_epochs (`float`, *optional*, defaults to `20.0`):
             After unlearning, a plain fine-tune (no gradient-norm term) on the clean subset alone for this many
-            epochs: unlearning deep enough to last costs clean accuracy, and a short clean fine-tune wins most of it
-            back without bringing the backdoor back (measured on `make demo`'s suspect: unlearning at the trigger's
-            place, lr 0.05, 90.9 / 0.3 → 94.1 / 2.4 after 20 epochs at lr 0.01). Not after the GN-FT fallback.
+            epochs (0: none): unlearning deep enough to last costs clean accuracy, and a clean fine-tune wins most
+            of it back without bringing the backdoor back. Measured on `make demo`'s suspect (docs/lasting.md, one
+            seed): twice the triggered copies and this repair, 92.5 / 4.4% (validation −2.8), 6.2 / 4.8% after the
+            relapse check's clean fine-tunes, 7.3% after retuning; one copy per clip and no repair, 88.4 / 1.7%
+            (validation −6.4), 10.6 / 21.7%, 7.1%. Not after the GN-FT fallback.
         purify_repair_learning_rate (`float`, *optional*, defaults to `0.01`):
             The repair's learning rate (the FT defense's).
         purify_burst_every_start (`bool`, *optional*, defaults to `True`):
@@ -143,8 +147,9 @@ class PurifyConfig(DefenseConfig):
             Optimisation steps of each spectral inversion's filter when unlearning (after the pitch search).
         purify_rounds (`int`, *optional*, defaults to `3`):
             Rounds of unlearning; the triggers are inverted again against the current model before each.
-        purify_mix_ratio (`float`, *optional*, defaults to `1.0`):
-            Triggered copies per clean clip in the training set.
+        purify_mix_ratio (`float`, *optional*, defaults to `2.0`):
+            Triggered copies per clean clip in the training set (twice as many as clean clips: each of the burst's
+            17 window starts gets more copies; measured above, `purify_repair_epochs`).
         purify_detection_radius (`float`, *optional*, defaults to `0.01`):
             The additive radius of the detection (the scan's).
         purify_detection_steps (`int`, *optional*, defaults to `20`):
@@ -200,7 +205,7 @@ class PurifyConfig(DefenseConfig):
     """
 
     num_train_epochs: float = field(
-        default=10.0, metadata={"help": "Epochs over the mixed set (clean + triggered copies)."}
+        default=20 / 3, metadata={"help": "Epochs over the mixed set (clean + triggered copies)."}
     )
     learning_rate: float = field(
         default=0.05, metadata={"help": "Peak learning rate (deep enough for the unlearning to last)."}
@@ -212,7 +217,7 @@ class PurifyConfig(DefenseConfig):
         },
     )
     purify_shapes: list[str] = field(
-        default_factory=lambda: list(LOCALISED_FAMILIES),
+        default_factory=lambda: ["burst"],
         metadata={
             "help": f"Shape families a detected target is inverted with for a surrogate like the trigger: some of "
             f"{', '.join(LOCALISED_FAMILIES)} (none: the detection's families)."
@@ -224,7 +229,7 @@ class PurifyConfig(DefenseConfig):
     )
     purify_window_s: float = field(default=0.2, metadata={"help": "The shape families' window, in seconds."})
     purify_repair_epochs: float = field(
-        default=0.0,
+        default=20.0,
         metadata={
             "help": "Epochs of a plain fine-tune on the clean subset alone after unlearning (0: none)."
         },
@@ -259,7 +264,7 @@ class PurifyConfig(DefenseConfig):
         default=3, metadata={"help": "Unlearning rounds; the triggers are re-inverted before each."}
     )
     purify_mix_ratio: float = field(
-        default=1.0, metadata={"help": "Triggered copies per clean clip in the training set."}
+        default=2.0, metadata={"help": "Triggered copies per clean clip in the training set."}
     )
     purify_detection_radius: float = field(
         default=0.01, metadata={"help": "Additive radius of the detection inversion (the scan's)."}
