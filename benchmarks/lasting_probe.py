@@ -46,7 +46,12 @@ def percent(value: float | None) -> float | None:
 
 def describe_run(row: dict) -> str:
     """A row's defense and settings, as the table names it."""
-    settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in row["settings"].items()) or "defaults"
+    effective = row.get("effective") or {}
+    shown = {key: effective.get(key, value) for key, value in row["settings"].items()}
+    for key in ("purify_mix_ratio", "purify_repair_epochs", "purify_shapes"):  # what changed between the runs
+        if key in effective:
+            shown[key] = effective[key]
+    settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in shown.items()) or "defaults"
     place = (
         f", burst at {row['burst_start_s']:g} s (diagnosis)" if row.get("burst_start_s") is not None else ""
     )
@@ -154,6 +159,8 @@ def main() -> None:
                      "attack_success_rate": percent(run["attack_success_rate"]),
                      "reinversion": percent(run["reinversion"])} for run in relapse["runs"]],
         "retuned_asr": percent(retuned.metrics.attack_success_rate),
+        "effective": {key: value for key, value in vars(config).items()
+                      if key.startswith("purify_") or key in ("learning_rate", "num_train_epochs")},
         "plan": outcome.info.get("plan"),
         "shapes": outcome.info.get("shapes"),
         "defense_seconds": round(defense_seconds, 1),
