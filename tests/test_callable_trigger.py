@@ -92,7 +92,8 @@ def test_run_defense_measures_asr_with_the_users_trigger_object_and_the_cli_says
         output_dir=str(tmp_path / "ft"), max_steps=1, per_device_train_batch_size=8, disable_tqdm=True
     )
     result = run_defense(data, CleanDataArguments(clean_count=16), SuspectModelArguments(model=str(suspect)), config,
-                         trigger=CallableTrigger(function=click_trigger), reinversion=False)  # fmt: skip
+                         trigger=CallableTrigger(function=click_trigger), reinversion=False,
+                         relapse=None)  # fmt: skip
     assert result.before.attack_success_rate is not None and result.record["der"] is not None
     assert result.record["retuning"]["after"]["attack_success_rate"] is not None
     # From the command line the spec's function is never imported: CA only, the attack still on record.

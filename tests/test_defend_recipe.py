@@ -246,7 +246,9 @@ def _search(tmp_path, grid, max_drop=0.02, keep=False, overwrite=False, suspect=
         CleanDataArguments(),
         SuspectModelArguments(model=str(suspect or tmp_path / "suspect-a")),
         DefenseConfig(output_dir=str(tmp_path / "cleaned"), report_to="none", overwrite_output_dir=overwrite),
-        DefenseArguments(learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep),
+        DefenseArguments(
+            learning_rate_grid=grid, max_validation_drop=max_drop, keep_candidates=keep, relapse_check=False
+        ),
     )
 
 

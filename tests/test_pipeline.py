@@ -37,7 +37,8 @@ def defended(recipe_suspect, tmp_path_factory) -> dict[str, Path]:
         out = root / name
         defend_recipe.main(
             ["--defense", name, "--model", str(recipe_suspect), "--output_dir", str(out), "--clean_count", "8",
-             *RECIPE_DATA, *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []), *FAST_SETTINGS[name]]
+             "--relapse_check", "false", *RECIPE_DATA, *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []),
+             *FAST_SETTINGS[name]]
         )  # fmt: skip
         outputs[name] = out
     return outputs
@@ -162,7 +163,7 @@ def test_benchmark_cell_and_defend_give_the_same_numbers(recipe_suspect, tmp_pat
     record = defend_recipe.main(
         ["--model", str(recipe_suspect), "--output_dir", str(tmp_path / "defended"), "--clean_fraction", "0.05",
          "--clean_seed", "1", "--seed", "1", "--learning_rate", "0.05", "--max_steps", "2",
-         "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
+         "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--relapse_check", "false",
          *[f"--{key}={value}" for key, value in data.items()]]
     )  # fmt: skip
     assert record["clean_rows"] == row["clean_rows"]
