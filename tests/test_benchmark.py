@@ -388,6 +388,7 @@ def test_a_reference_trigger_name_resolves_in_a_grid(tmp_path):
         grid_trigger("no_such")
 
 
+@pytest.mark.slow  # 83 s on 2 cores: it trains a suspect and a clean model and runs every check (make test-slow)
 def test_the_lasting_checks_and_the_oracle_run_in_the_grid_and_reach_the_report(tmp_path):
     """relapse (with its re-inversion), the clean model's retuning reference, the interpolation curve and the
     evaluation-only oracle (exact purification with the true trigger), on a tiny grid."""
