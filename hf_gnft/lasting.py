@@ -26,7 +26,6 @@ changed.
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
+from .defenses.base import is_finite_number
 from .inversion import (
     ClassInversion,
     detection_settings,
@@ -75,22 +75,12 @@ class RelapseConfig:
         if isinstance(rates, (int, float)) or not rates:
             raise LastingCheckError(f"learning_rates must be a non-empty list, got {rates!r}")
         for rate in rates:
-            if (
-                isinstance(rate, bool)
-                or not isinstance(rate, (int, float))
-                or not math.isfinite(rate)
-                or rate <= 0
-            ):
+            if not (is_finite_number(rate) and rate > 0):
                 raise LastingCheckError(
                     f"every relapse learning rate must be a finite number > 0, got {rate!r}"
                 )
         epochs = self.num_train_epochs
-        if (
-            isinstance(epochs, bool)
-            or not isinstance(epochs, (int, float))
-            or not math.isfinite(epochs)
-            or epochs <= 0
-        ):
+        if not (is_finite_number(epochs) and epochs > 0):
             raise LastingCheckError(f"num_train_epochs must be a finite number > 0, got {epochs!r}")
         self.learning_rates = [float(rate) for rate in rates]
 

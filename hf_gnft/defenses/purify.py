@@ -339,8 +339,8 @@ class PurifyConfig(DefenseConfig):
             if isinstance(shapes, str) or any(shape not in LOCALISED_FAMILIES for shape in shapes):
                 raise InversionError(f"purify_shapes must be a list of some of {', '.join(LOCALISED_FAMILIES)}, got "
                                      f"{shapes!r}")  # fmt: skip
-            if len(set(shapes)) != len(shapes):
-                raise InversionError(f"a shape family is named twice: {list(shapes)}")
+            if shapes:  # a repeated name: the inversion settings' own check ([] turns the shapes off)
+                check_inversion_settings(families=shapes)
             check_inversion_settings(self.purify_detection_radius, self.purify_detection_steps)
             InversionSettings(filter_steps=self.purify_filter_steps)
         except InversionError as error:
