@@ -17,6 +17,7 @@ from hf_gnft.defenses.purify import (
     apply_exact_purification,
     apply_purify,
     unlearning_plan,
+    unlearning_rounds,
 )
 from hf_gnft.inversion import (
     InversionError,
@@ -156,6 +157,13 @@ def test_a_target_whose_shape_reaches_the_bar_is_unlearned_with_its_shapes_alone
     tie = [{"target": 0, "family": "burst", "success": 0.9}, {"target": 0, "family": "tonal", "success": 0.9}]
     assert unlearning_plan(refined, [0], config, shaped=tie) == [(0, "burst")]
     assert unlearning_plan(refined, [0], config) == [(0, "additive")]  # no shapes: the detection's families
+    # a shape alone is unlearned in purify_shape_rounds; any whole-clip surrogate keeps purify_rounds' re-inversions
+    rounds = PurifyConfig(output_dir=str(tmp_path), purify_rounds=3, purify_shape_rounds=2)
+    assert unlearning_rounds([(0, "tonal"), (1, "burst")], rounds) == 2
+    assert unlearning_rounds([(0, "tonal"), (3, "spectral")], rounds) == 3
+    assert unlearning_rounds([], rounds) == 3
+    with pytest.raises(ValueError, match="purify_shape_rounds"):
+        PurifyConfig(output_dir=str(tmp_path), purify_shape_rounds=0)
     with pytest.raises(ValueError, match="purify_shapes"):
         PurifyConfig(output_dir=str(tmp_path), purify_shapes=["additive"])
     with pytest.raises(ValueError, match="purify_families"):
@@ -257,6 +265,8 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
                           purify_repair_learning_rate=0.01, **TRAINING)  # fmt: skip
     outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
     assert outcome.info["targets"] == [planted.target]
+    # the burst at every start, unlearned in one round (purify_shape_rounds): no re-inversion during training
+    assert outcome.info["plan"] == [[planted.target, "burst"]] and len(outcome.info["rounds"]) == 1
     assert outcome.info["repair"] == {
         "steps": 6,
         "learning_rate": 0.01,
