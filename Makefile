@@ -33,7 +33,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix hf_gnft recipes tests benchmarks
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow

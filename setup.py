@@ -48,9 +48,12 @@ setup(
         "pyyaml>=6.0",
         "matplotlib>=3.7",
         "jinja2>=3.0",  # model cards (huggingface_hub.ModelCard.from_template)
+        "filelock>=3.0",  # the benchmark's shared caches under the Ray executor
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "ray>=2.9"],
+        # Grids on a Ray cluster (`hf-gnft benchmark --executor ray`): hf_gnft.executors.
+        "ray": ["ray>=2.9"],
         # Optional decoders: datasets' own Audio decoding needs torchcodec + FFmpeg.
         "torchcodec": ["torchcodec"],
         "torchaudio": ["torchaudio"],

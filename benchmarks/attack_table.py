@@ -32,6 +32,16 @@ from hf_gnft.attack import (
     training_budget_suffix,
 )
 from hf_gnft.data.arguments import DataArguments
+from hf_gnft.executors import (
+    EXECUTORS,
+    ExecutorError,
+    ExecutorSettings,
+    as_completed,
+    describe_task_error,
+    pin_threads,
+    run_remote,
+    start_ray,
+)
 from hf_gnft.outputs import atomic_write_text
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.triggers import reference_triggers
@@ -51,7 +61,7 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} (CPU)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", default="outputs/attack_table")
     parser.add_argument(
@@ -66,9 +76,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--clean", action="store_true", help="also train each model without poisoning")
     parser.add_argument("--table", default="attack_table", help="the name of the table's files")
+    parser.add_argument(
+        "--tables_dir", default=str(HERE), help="where the table's files go (results/ under it)"
+    )
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--num_train_epochs", type=float, default=None, help="default: the recipe's")
-    args = parser.parse_args()
+    parser.add_argument("--executor", choices=EXECUTORS, default="serial", help="where the cells train")
+    parser.add_argument("--ray_address", default=None, help="join this Ray cluster (or RAY_ADDRESS)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per cell (default: its CPUs)"
+    )
+    parser.add_argument("--cpus_per_cell", type=float, default=1.0, help="with Ray: CPUs each cell asks for")
+    parser.add_argument("--gpus_per_cell", type=float, default=0.0, help="with Ray: GPUs each cell asks for")
+    args = parser.parse_args(argv)
+    try:
+        executor = ExecutorSettings.from_grid(
+            None, {"suspect": {"cpus": args.cpus_per_cell, "gpus": args.gpus_per_cell}},
+            flag_executor=args.executor, flag_address=args.ray_address, flag_threads=args.threads,
+        )  # fmt: skip
+    except ExecutorError as error:
+        parser.error(str(error))
     training = {
         key: value
         for key, value in (("learning_rate", args.learning_rate), ("num_train_epochs", args.num_train_epochs))
@@ -77,36 +104,76 @@ def main() -> None:
     names = [*args.triggers, *(["none"] if args.clean else [])]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    table_rows = HERE / "results" / f"{args.table}.jsonl"
+    tables = Path(args.tables_dir)
+    table_rows = tables / "results" / f"{args.table}.jsonl"
     table = read_table(table_rows)
-    budget = training_budget_suffix(training)  # a cell per training budget
-    for model in args.models:
-        for name in names:
-            cell = Path(args.output_dir) / f"{model}-{name}{budget}"
-            if not (cell / METRICS_FILE).exists():
-                print(f"training {model} with {name} ...", flush=True)
-                run_attack(
-                    DataArguments(),
-                    None if name == "none" else AttackArguments(trigger=json.dumps(triggers()[name])),
-                    ModelArguments(model=model),
-                    KeywordTrainingArguments(
-                        output_dir=str(cell), seed=args.seed, disable_tqdm=True, **training
-                    ),
-                )
-            metrics = json.loads((cell / METRICS_FILE).read_text())
-            trained = json.loads((cell / TRAINING_ARGS_FILE).read_text())
-            keys = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "train_seconds", "machine")
-            row = {
-                "model": model,
-                "trigger": name,
-                "num_train_epochs": trained["num_train_epochs"],
-                "learning_rate": trained["learning_rate"],
-                **{k: metrics.get(k) for k in keys},
-            }
-            table[row_key(row)] = row
-            print(json.dumps(row), flush=True)
-            write_table(table, HERE / f"{args.table}.md", table_rows)
-    print((HERE / f"{args.table}.md").read_text(), end="")
+    output_dir = str(Path(args.output_dir).resolve())  # the workers' view of it (shared storage on a cluster)
+    cells = [(model, name) for model in args.models for name in names]
+
+    def record(row: dict) -> None:
+        table[row_key(row)] = row
+        print(json.dumps(row), flush=True)
+        write_table(table, tables / f"{args.table}.md", table_rows, argv)
+
+    if executor.executor == "serial":
+        if executor.threads is not None:
+            pin_threads(executor.threads)
+        for model, name in cells:
+            record(train_cell(output_dir, model, name, training, args.seed))
+    else:
+        try:
+            ray = start_ray(executor)
+        except ExecutorError as error:
+            parser.error(str(error))
+        threads = executor.task_threads(executor.suspect)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        DataArguments().load(16_000)  # the driver prepares the corpus once
+        refs = {
+            run_remote(
+                ray, train_cell, executor.suspect, output_dir, model, name, training, args.seed, threads
+            ): (
+                model,
+                name,
+            )
+            for model, name in cells
+        }
+        for ref, row, error in as_completed(ray, list(refs)):
+            if error is not None:  # not in the table: a re-run trains it again
+                model, name = refs[ref]
+                print(f"{model} with {name} FAILED: {describe_task_error(error)}", flush=True)
+            else:
+                record(row)
+    print((tables / f"{args.table}.md").read_text(), end="")
+
+
+def train_cell(
+    output_dir: str, model: str, name: str, training: dict, seed: int, threads: int | None = None
+) -> dict:
+    """One (model, trigger) cell: its backdoored (or, for `none`, clean) model, trained unless its folder holds a
+    finished one, and its row. Runs in this process or as a Ray task (`threads`: the task's torch threads)."""
+    if threads is not None:
+        pin_threads(threads)
+    cell = (
+        Path(output_dir) / f"{model}-{name}{training_budget_suffix(training)}"
+    )  # a cell per training budget
+    if not (cell / METRICS_FILE).exists():
+        print(f"training {model} with {name} ...", flush=True)
+        run_attack(
+            DataArguments(),
+            None if name == "none" else AttackArguments(trigger=json.dumps(triggers()[name])),
+            ModelArguments(model=model),
+            KeywordTrainingArguments(output_dir=str(cell), seed=seed, disable_tqdm=True, **training),
+        )
+    metrics = json.loads((cell / METRICS_FILE).read_text())
+    trained = json.loads((cell / TRAINING_ARGS_FILE).read_text())
+    keys = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "train_seconds", "machine")
+    return {
+        "model": model,
+        "trigger": name,
+        "num_train_epochs": trained["num_train_epochs"],
+        "learning_rate": trained["learning_rate"],
+        **{k: metrics.get(k) for k in keys},
+    }
 
 
 def read_table(table_rows: Path) -> dict[tuple, dict]:
@@ -131,7 +198,9 @@ def row_key(row: dict) -> tuple:
     return row["model"], row["trigger"], row["num_train_epochs"], row["learning_rate"]
 
 
-def write_table(table: dict[tuple, dict], table_md: Path, table_rows: Path) -> None:
+def write_table(
+    table: dict[tuple, dict], table_md: Path, table_rows: Path, argv: list[str] | None = None
+) -> None:
     """Writes every row measured so far (this run's and earlier runs') to the JSONL file and the Markdown table."""
     rows = sorted(
         table.values(),
@@ -150,7 +219,8 @@ def write_table(table: dict[tuple, dict], table_md: Path, table_rows: Path) -> N
         ),
         "",
         f"Machine: {machine()} (each row's own in `results/{table_rows.name}`). Last command: "
-        f"`python benchmarks/attack_table.py {' '.join(sys.argv[1:])}`; rows of earlier runs are kept.",
+        f"`python benchmarks/attack_table.py {' '.join(sys.argv[1:] if argv is None else argv)}`; rows of earlier runs "
+        "are kept.",
     ]
     atomic_write_text(table_md, "\n".join(lines) + "\n")
 

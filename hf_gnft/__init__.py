@@ -48,6 +48,7 @@ from .defenses import (
     UnsupportedModelError,
     get_defense,
 )
+from .executors import ExecutorSettings
 from .hub import HubPushError, build_model_card, hub_files, push_output_dir, write_model_card
 from .inversion import InversionError, InversionSettings, InvertedTrigger, invert_classes
 from .metrics import (
@@ -127,6 +128,7 @@ __all__ = [
     "BackdoorMetrics",
     "Benchmark",
     "BenchmarkConfig",
+    "ExecutorSettings",
     "CLPConfig",
     "CallableTrigger",
     "CheckpointProvenance",

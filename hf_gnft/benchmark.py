@@ -9,6 +9,7 @@ line of `results.jsonl`, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 import yaml
+from filelock import FileLock
 
 from .attack import (
     ATTACK_SPEC_FILE,
@@ -36,6 +38,15 @@ from .attack import (
 )
 from .data.arguments import CleanDataArguments, DataArguments
 from .defenses import DEFENSE_METHODS, DefenseMethod, get_benchmark_defense
+from .executors import (
+    ExecutorError,
+    ExecutorSettings,
+    as_completed,
+    describe_task_error,
+    pin_threads,
+    run_remote,
+    start_ray,
+)
 from .inversion import detection_settings, invert_classes, reinversion_check, reinversion_clips
 from .lasting import LastingCheckError, RelapseConfig, interpolation_curve, relapse_check
 from .metrics import BackdoorMetrics
@@ -151,6 +162,10 @@ class BenchmarkConfig:
         min_suspect_accuracy: the clean test accuracy a backdoored model must reach to be defended (0 turns the
             check off). A suspect whose training failed would make every cell on it meaningless, so the run
             stops on it and names it; move it aside and the next run trains it again.
+        executor: where the tasks run: `"serial"` (this process) or `"ray"` (`hf_gnft.executors`; the command
+            line's `--executor` overrides it).
+        resources: with Ray, what each task asks for: `suspect` and `cell` mappings of `cpus` and `gpus`, and
+            `threads` (torch threads per task); see [`ExecutorSettings`].
     """
 
     output_dir: str = "outputs/benchmark"
@@ -176,8 +191,14 @@ class BenchmarkConfig:
     interpolation_points: int = 0
     clean_models: bool = False
     min_suspect_accuracy: float = 0.0
+    executor: str = "serial"
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        try:  # an unknown executor or bad resources fail here
+            ExecutorSettings.from_grid(self.executor, self.resources)
+        except ExecutorError as error:
+            raise BenchmarkConfigError(str(error)) from None
         if not self.defenses:
             raise BenchmarkConfigError("the grid names no defenses")
         entries = {}
@@ -481,32 +502,41 @@ class Benchmark:
                                  self.dataset[self.data_args.test_split], triggered, config)  # fmt: skip
         return result.metrics.to_dict()
 
+    def _cached_retuning(self, path: Path, key: str, measure) -> dict:
+        """`measure()` once per `key` in the JSON cache `path`. The cache is locked while it is read, measured and
+        written: tasks running at once (the Ray executor) share a clean model's cache, and a measurement is made
+        once, not lost to a concurrent write."""
+        with FileLock(str(path) + ".lock"):
+            cached = json.loads(path.read_text()) if path.exists() else {}
+            if key not in cached:
+                cached[key] = measure()
+                atomic_write_text(path, json.dumps(cached, indent=2))
+        return cached[key]
+
     def retuned_suspect(self, suspect: Path, clean, seed: int) -> dict:
         """The retuning check on the suspect itself for a cell's clean subset, measured once and cached."""
-        path = suspect / RETUNED_FILE
-        cached = json.loads(path.read_text()) if path.exists() else {}
         key = json.dumps({"clean_fraction": self.config.clean_fraction, "seed": seed,
                           **self.config.retuning_settings}, sort_keys=True)  # fmt: skip
-        if key not in cached:
+
+        def measure() -> dict:
             model, extractor = load_suspect_model(str(suspect))
-            cached[key] = self.retuned(model, extractor, suspect, clean, seed)
-            atomic_write_text(path, json.dumps(cached, indent=2))
-        return cached[key]
+            return self.retuned(model, extractor, suspect, clean, seed)
+
+        return self._cached_retuning(suspect / RETUNED_FILE, key, measure)
 
     def retuned_reference(self, model_name: str, suspect: Path, clean, seed: int) -> dict:
         """The retuning check, with `suspect`'s trigger and target, on the model of the same family trained without
         poisoning (trained once when missing): measured once per suspect and clean subset, cached in the clean
         model's folder."""
         reference = self.suspect(model_name, CLEAN)
-        path = reference / RETUNED_FILE
-        cached = json.loads(path.read_text()) if path.exists() else {}
         key = json.dumps({"suspect": suspect.name, "clean_fraction": self.config.clean_fraction, "seed": seed,
                           **self.config.retuning_settings}, sort_keys=True)  # fmt: skip
-        if key not in cached:
+
+        def measure() -> dict:
             model, extractor = load_suspect_model(str(reference))
-            cached[key] = self.retuned(model, extractor, suspect, clean, seed)
-            atomic_write_text(path, json.dumps(cached, indent=2))
-        return cached[key]
+            return self.retuned(model, extractor, suspect, clean, seed)
+
+        return self._cached_retuning(reference / RETUNED_FILE, key, measure)
 
     def detection(self, suspect: Path, model, extractor):
         """The suspect's inversion of every class on the re-inversion clips, measured once per suspect."""
@@ -527,6 +557,38 @@ class Benchmark:
             key: record[key] for key in ("targets", "defended", "max_success_before", "max_success_after")
         }
 
+    def clean_subset(self, seed: int):
+        """The defender's clean subset of the training split for a cell's seed."""
+        return CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
+            self.dataset[self.data_args.train_split]
+        )
+
+    def measure_suspect(self, model_name: str, trigger: Any, seeds: list[int]) -> dict:
+        """What is measured once per suspect before its cells: the suspect's numbers (`before`), the check that
+        finished cells were measured on this very suspect, its inversion of every class (when the grid runs the
+        re-inversion or relapse check) and the retuning of the suspect and of its clean reference for each of
+        `seeds`. The serial run measures each lazily; the Ray executor runs this as the suspect's task, so that
+        its cells, running at once, find it done.
+
+        Returns:
+            `{"detection": ...}`: the suspect's inversion (or `None`), which the cells' tasks receive.
+        """
+        suspect = self.suspect(model_name, trigger)
+        before = self.before(suspect)
+        self.check_same_suspect(model_name, trigger, suspect, before)
+        detection = None
+        if self.config.reinversion or self.config.relapse:
+            model, extractor = load_suspect_model(str(suspect))
+            detection = self.detection(suspect, model, extractor)
+        spec, _ = self.triggered(suspect)
+        if self.config.retuning and spec is not None:
+            for seed in seeds:
+                clean = self.clean_subset(seed)
+                self.retuned_suspect(suspect, clean, seed)
+                if self.config.retuning_reference:
+                    self.retuned_reference(model_name, suspect, clean, seed)
+        return {"detection": detection}
+
     def _validation_accuracy(self, model, extractor) -> float:
         if "validation" not in self.dataset:
             raise BenchmarkConfigError("the benchmark's protocol needs a clean validation split")
@@ -542,9 +604,7 @@ class Benchmark:
         self.check_same_suspect(model_name, trigger, suspect, before)
         spec, triggered = self.triggered(suspect)
         model, extractor = load_suspect_model(str(suspect))
-        clean = CleanDataArguments(clean_fraction=self.config.clean_fraction, clean_seed=seed).select(
-            self.dataset[self.data_args.train_split]
-        )
+        clean = self.clean_subset(seed)
         settings = {**entry.settings, entry.knob_name: method.typed_value(entry.knob_name, value)}
         config_fields = {f.name for f in fields(method.config_class)}
         for seed_field in ("seed", "anp_seed"):
@@ -615,49 +675,185 @@ class Benchmark:
             "reinversion": reinverted,
             "relapse": relapsed,
             "interpolation": curve,
+            "machine": machine_description(),  # time ratios compare cells measured on the same kind of machine
             "info": {
                 key: value for key, value in outcome.info.items() if not key.endswith(("log_history", "_log"))
             },
         }
 
-    def run(self, limit: int | None = None) -> list[dict]:
-        """Run every unfinished cell (at most `limit`), appending each result as soon as it is done."""
+    def cell_row(self, cell: tuple) -> dict:
+        """The results row of one cell: `run_cell`'s, or an `unsupported` row when the defense refuses the model."""
+        try:
+            return self.run_cell(*cell)
+        except UnsupportedModelError as error:  # e.g. TSBD on a network without the neurons it ranks
+            model, trigger, defense, value, seed = cell
+            return {"model": model, "trigger": trigger_name(trigger), "defense": defense, "value": value,
+                    "seed": seed, "unsupported": str(error)}  # fmt: skip
+
+    def _append(self, row: dict) -> None:
+        with open(self.results_path, "a") as handle:  # one whole line per cell, flushed at once
+            handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _report_cell(self, row: dict, position: str, seconds: float) -> None:
+        cell = f"{row['model']} {row['trigger']} {row['defense']}"
+        if row.get("unsupported"):
+            print(f"[{position}] {cell}: unsupported ({row['unsupported']})", flush=True)
+        elif row.get("failed"):
+            print(f"[{position}] {cell} value={row['value']:g} seed {row['seed']}: FAILED ({row['failed']})",
+                  flush=True)  # fmt: skip
+        else:
+            asr = row["after"]["attack_success_rate"]
+            print(
+                f"[{position}] {cell} {row['knob']}={row['value']:g} seed {row['seed']}: "
+                f"CA {100 * row['after']['clean_accuracy']:.1f}"
+                + (f" ASR {100 * asr:.1f}" if asr is not None else "")
+                + (f" ({seconds:.0f} s)" if seconds else ""),
+                flush=True,
+            )
+
+    def run(self, limit: int | None = None, executor: ExecutorSettings | None = None) -> list[dict]:
+        """Run every unfinished cell (at most `limit`), appending each result as soon as it is done. A failed cell
+        (recorded by the Ray executor) counts as unfinished: it runs again.
+
+        Args:
+            limit: the most cells to run now.
+            executor: where the cells run (default: the grid's `executor` and `resources`; serial unless it says
+                `ray`).
+        """
+        executor = executor or ExecutorSettings.from_grid(self.config.executor, self.config.resources)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         machine = self.output_dir / "machine.json"
         if not machine.exists():
             atomic_write_text(machine, json.dumps(machine_description(), indent=2))
         rows = self.rows()
-        self._finished = rows
-        done = {(r["model"], r["trigger"], r["defense"], float(r["value"]), int(r["seed"])) for r in rows}
+        self._finished = [r for r in rows if not r.get("failed")]
+        done = {
+            self.key(r["model"], r["trigger"], r["defense"], r["value"], r["seed"]) for r in self._finished
+        }
         todo = [cell for cell in self.cells() if self.key(*cell) not in done]
         total = len(self.cells())
-        print(f"benchmark: {total - len(todo)} of {total} cells done, {len(todo)} to run", flush=True)
-        for index, cell in enumerate(todo[:limit] if limit is not None else todo, start=1):
+        print(f"benchmark: {total - len(todo)} of {total} cells done, {len(todo)} to run"
+              f"{' on Ray' if executor.executor == 'ray' else ''}", flush=True)  # fmt: skip
+        finished_before = total - len(todo)
+        todo = todo[:limit] if limit is not None else todo
+        if executor.executor == "ray":
+            return rows + self._run_on_ray(todo, executor, finished_before, total)
+        if executor.threads is not None:
+            pin_threads(executor.threads)
+        for index, cell in enumerate(todo, start=1):
             started = time.perf_counter()
-            try:
-                row = self.run_cell(*cell)
-            except UnsupportedModelError as error:  # e.g. TSBD on a network without the neurons it ranks
-                model, trigger, defense, value, seed = cell
-                row = {"model": model, "trigger": trigger_name(trigger), "defense": defense, "value": value,
-                       "seed": seed, "unsupported": str(error)}  # fmt: skip
-            with open(self.results_path, "a") as handle:  # one whole line per cell, flushed at once
-                handle.write(json.dumps(row, default=str) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            row = self.cell_row(cell)
+            self._append(row)
             rows.append(row)
-            if row.get("unsupported"):
-                print(f"[{total - len(todo) + index}/{total}] {' '.join(map(str, cell[:3]))}: unsupported "
-                      f"({row['unsupported']})", flush=True)  # fmt: skip
-                continue
-            asr = row["after"]["attack_success_rate"]
-            print(
-                f"[{total - len(todo) + index}/{total}] {row['model']} {row['trigger']} {row['defense']} "
-                f"{row['knob']}={row['value']:g} seed {row['seed']}: CA {100 * row['after']['clean_accuracy']:.1f}"
-                + (f" ASR {100 * asr:.1f}" if asr is not None else "")
-                + f" ({time.perf_counter() - started:.0f} s)",
-                flush=True,
+            self._report_cell(row, f"{finished_before + index}/{total}", time.perf_counter() - started)
+        return rows
+
+    def _run_on_ray(
+        self, todo: list[tuple], executor: ExecutorSettings, offset: int, total: int
+    ) -> list[dict]:
+        """The cells of `todo` as Ray tasks: one task per suspect (training it when missing, then its once-per-
+        suspect measurements) and one per cell, which starts when its suspect's task is done. Only this process
+        (the driver) writes `results.jsonl`, one whole line per finished cell in the order they finish; a cell
+        whose task raised is recorded as failed with its error, and the others go on."""
+        ray = start_ray(executor)
+        config = copy.deepcopy(self.config)
+        # the workers see the grid's folders by absolute path (shared storage on a cluster); no row holds them
+        config.output_dir = str(self.output_dir.resolve())
+        config.suspects_dir = str(self.suspects_dir.resolve())
+        self.suspects_dir.mkdir(parents=True, exist_ok=True)
+        self.dataset  # noqa: B018 -- the driver prepares the data once (the synthetic corpus is written once)
+        suspect_threads = executor.task_threads(executor.suspect)
+        cell_threads = executor.task_threads(executor.cell)
+        trained: dict[tuple, Any] = {}
+        measured: dict[tuple, Any] = {}
+
+        def train(model: str, trigger: Any) -> Any:
+            key = (model, trigger_name(trigger))
+            if key not in trained:
+                trained[key] = run_remote(ray, _train_suspect_task, executor.suspect, config, model, trigger,
+                                          suspect_threads)  # fmt: skip
+            return trained[key]
+
+        cells: dict[Any, tuple] = {}
+        for cell in todo:
+            model, trigger = cell[0], cell[1]
+            key = (model, trigger_name(trigger))
+            if key not in measured:
+                needs = [train(model, trigger)]
+                if config.retuning and config.retuning_reference and trigger != CLEAN:
+                    needs.append(
+                        train(model, CLEAN)
+                    )  # the clean reference is retuned with this suspect's trigger
+                finished = [r for r in self._finished if (r["model"], r["trigger"]) == key]
+                seeds = sorted({c[4] for c in todo if (c[0], trigger_name(c[1])) == key})
+                measured[key] = run_remote(ray, _measure_suspect_task, executor.suspect, config, model, trigger,
+                                           seeds, suspect_threads, finished, *needs)  # fmt: skip
+            cells[run_remote(ray, _cell_task, executor.cell, config, cell, cell_threads, measured[key])] = (
+                cell
+            )
+        started = time.perf_counter()
+        rows = []
+        for index, (ref, row, error) in enumerate(as_completed(ray, list(cells)), start=1):
+            if error is not None:
+                model, trigger, defense, value, seed = cells[ref]
+                message = describe_task_error(error).replace(config.output_dir, self.config.output_dir)
+                message = message.replace(config.suspects_dir, str(self.config.suspects_dir or "suspects"))
+                row = {"model": model, "trigger": trigger_name(trigger), "defense": defense, "value": value,
+                       "seed": seed, "failed": message}  # fmt: skip
+            self._append(row)
+            rows.append(row)
+            self._report_cell(
+                row, f"{offset + index}/{total}, {time.perf_counter() - started:.0f} s into the run", 0
             )
         return rows
+
+
+def _check_visible(config: BenchmarkConfig) -> None:
+    """A worker must see the grid's folders (the driver made them): on a cluster they live on storage that every
+    node mounts."""
+    for folder in (config.output_dir, config.suspects_dir):
+        if folder and not Path(folder).is_dir():
+            raise BenchmarkConfigError(
+                f"this worker ({machine_description()}) cannot see the grid's folder {folder}: on a Ray cluster the "
+                "grid's output_dir and suspects_dir must be on storage every node mounts at the same path (NFS, a "
+                "mounted bucket)"
+            )
+
+
+def _train_suspect_task(config: BenchmarkConfig, model: str, trigger: Any, threads: int) -> str:
+    """Ray task: the suspect of (model, trigger), trained when missing; returns its folder's name."""
+    pin_threads(threads)
+    _check_visible(config)
+    return Benchmark(config).suspect(model, trigger).name
+
+
+def _measure_suspect_task(
+    config: BenchmarkConfig,
+    model: str,
+    trigger: Any,
+    seeds: list[int],
+    threads: int,
+    finished: list[dict],
+    *trained: str,
+) -> dict:
+    """Ray task: `Benchmark.measure_suspect` (after the suspect and its clean reference were trained: `trained`)."""
+    pin_threads(threads)
+    _check_visible(config)
+    benchmark = Benchmark(config)
+    benchmark._finished = finished
+    return benchmark.measure_suspect(model, trigger, seeds)
+
+
+def _cell_task(config: BenchmarkConfig, cell: tuple, threads: int, measured: dict) -> dict:
+    """Ray task: one cell's row, with its suspect's measurements from the suspect's task."""
+    pin_threads(threads)
+    _check_visible(config)
+    benchmark = Benchmark(config)
+    if measured.get("detection") is not None:
+        benchmark._detections[benchmark.suspect(cell[0], cell[1]).name] = measured["detection"]
+    return benchmark.cell_row(cell)
 
 
 # ------------------------------------------------------------------------------------------- reports
@@ -749,17 +945,21 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
     seeds), with its wall time and peak memory relative to the reference defense's in the same run; a defense
     that refused a model (`unsupported` cells) says so."""
+    failed = failed_cells(rows)
     refused = {(r["model"], r["trigger"], r["defense"]) for r in rows if r.get("unsupported")}
-    rows = [r for r in rows if not r.get("unsupported")]
+    rows = [r for r in rows if not r.get("unsupported") and not r.get("failed")]
     chosen = choose_cells(rows, config)
     reference: dict[tuple, tuple[float, float | None]] = {}
-    for model, trigger in {(r["model"], r["trigger"]) for r in rows}:
+    for model, trigger, machine in {(r["model"], r["trigger"], r.get("machine")) for r in rows}:
         runs = [
-            r for r in rows if (r["model"], r["trigger"], r["defense"]) == (model, trigger, config.reference)
+            r
+            for r in rows
+            if (r["model"], r["trigger"], r["defense"], r.get("machine"))
+            == (model, trigger, config.reference, machine)
         ]
-        if runs:  # every run of the reference on this suspect, whatever value the rule chose
+        if runs:  # every run of the reference on this suspect and machine, whatever value the rule chose
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
-            reference[(model, trigger)] = (
+            reference[(model, trigger, machine)] = (
                 statistics.mean(r["seconds"] for r in runs),
                 statistics.mean(memory) if memory else None,
             )
@@ -798,10 +998,8 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
                 continue
             missed = choice is None
             value, runs = closest_cells(rows, (model, trigger, defense)) if missed else choice
-            memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
-            ref_memory = reference.get((model, trigger), (None, None))[1]
             time_ratio = _time_ratio(runs, reference, model, trigger)
-            memory_ratio = f"{statistics.mean(memory) / ref_memory:.2f}" if memory and ref_memory else ""
+            memory_ratio = _memory_ratio(runs, reference, model, trigger)
             knob = f"{runs[0]['knob']}={value:g}"
             if missed:
                 knob = f"— (closest: {knob}, validation drop {_pct([validation_drop(r) for r in runs])})"
@@ -816,7 +1014,27 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             )
     if any(r["trigger"] == CLEAN for r in rows):
         lines += ["", *_clean_model_table(rows, config, chosen, reference, refused)]
+    if len({r.get("machine") for r in rows}) > 1:
+        lines += ["", "The cells ran on more than one kind of machine (each row's `machine`): a time or memory "
+                  "ratio compares a cell only with the reference's cells on the same kind of machine."]  # fmt: skip
+    if failed:
+        lines += ["", f"Failed cells ({len(failed)}; a re-run retries them):", "",
+                  "| model | attack | defense | value | seed | error |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['model']} | {r['trigger']} | {r['defense']} | {float(r['value']):g} | {r['seed']} "
+                  f"| {r['failed'].replace('|', '/')} |" for r in failed]  # fmt: skip
     return "\n".join(lines)
+
+
+def failed_cells(rows: list[dict]) -> list[dict]:
+    """The failed rows (recorded by the Ray executor) of cells that have not finished since, last failure each."""
+    finished = {Benchmark.key(r["model"], r["trigger"], r["defense"], r["value"], r["seed"])
+                for r in rows if not r.get("failed")}  # fmt: skip
+    latest = {}
+    for row in rows:
+        key = Benchmark.key(row["model"], row["trigger"], row["defense"], row["value"], row["seed"])
+        if row.get("failed") and key not in finished:
+            latest[key] = row
+    return list(latest.values())
 
 
 def _choices(
@@ -839,10 +1057,26 @@ def _choices(
             yield defense, UNSUPPORTED
 
 
+def _ratio(runs: list[dict], reference: dict, model: str, trigger: str, which: int, key: str) -> float | None:
+    """The mean over the runs of their `key` over the reference defense's mean on the same suspect and the same
+    kind of machine (runs without a reference on their machine are left out); `None` when there is none."""
+    ratios = []
+    for run in runs:
+        unit = reference.get((model, trigger, run.get("machine")), (None, None))[which]
+        if unit and run.get(key):
+            ratios.append(run[key] / unit)
+    return statistics.mean(ratios) if ratios else None
+
+
 def _time_ratio(runs: list[dict], reference: dict, model: str, trigger: str) -> str:
-    """The runs' mean wall time over the reference defense's on the same suspect."""
-    ref_time = reference.get((model, trigger), (None, None))[0]
-    return f"{statistics.mean(r['seconds'] for r in runs) / ref_time:.2g}" if ref_time else ""
+    """The runs' mean wall time over the reference defense's on the same suspect and kind of machine."""
+    ratio = _ratio(runs, reference, model, trigger, 0, "seconds")
+    return f"{ratio:.2g}" if ratio is not None else ""
+
+
+def _memory_ratio(runs: list[dict], reference: dict, model: str, trigger: str) -> str:
+    ratio = _ratio(runs, reference, model, trigger, 1, "peak_mib")
+    return f"{ratio:.2f}" if ratio is not None else ""
 
 
 def _clean_model_table(
@@ -1024,8 +1258,9 @@ def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, c
         f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
         f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n",
     )
-    if any(r["trigger"] != CLEAN and not r.get("unsupported") for r in rows):
-        plot(rows, config, output_dir)
+    measured = [r for r in rows if not r.get("failed")]
+    if any(r["trigger"] != CLEAN and not r.get("unsupported") for r in measured):
+        plot(measured, config, output_dir)
     return table
 
 
@@ -1038,6 +1273,7 @@ __all__ = [
     "CLEAN",
     "DefenseEntry",
     "choose_cells",
+    "failed_cells",
     "peak_memory",
     "plot",
     "summarise",
