@@ -88,7 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cpus_per_cell", type=float, default=1.0, help="with Ray: CPUs each cell asks for")
     parser.add_argument("--gpus_per_cell", type=float, default=0.0, help="with Ray: GPUs each cell asks for")
+    parser.add_argument(
+        "--report", action="store_true", help="print the table of the committed rows and exit"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.table, Path(args.tables_dir)))
+        return
     try:
         executor = ExecutorSettings.from_grid(
             None, {"suspect": {"cpus": args.cpus_per_cell, "gpus": args.gpus_per_cell}},
@@ -198,25 +204,44 @@ def row_key(row: dict) -> tuple:
     return row["model"], row["trigger"], row["num_train_epochs"], row["learning_rate"]
 
 
+def sorted_rows(table: dict[tuple, dict]) -> list[dict]:
+    return sorted(
+        table.values(),
+        key=lambda row: (row["model"], row["trigger"] == "none", row["trigger"], row["num_train_epochs"]),
+    )
+
+
+def table_markdown(table: dict[tuple, dict]) -> str:
+    """The Markdown table of every row (`--report` prints it; the docs show it)."""
+    return "\n".join(
+        [
+            "| model | trigger | epochs | lr | CA % | ASR % | RA % | train s |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['model']} | {r['trigger']} | {r['num_train_epochs']:g} | {r['learning_rate']:g} "
+                f"| {100 * r['clean_accuracy']:.1f} | {percent(r['attack_success_rate'])} "
+                f"| {percent(r['robust_accuracy'])} | {r['train_seconds']:.0f} |"
+                for r in sorted_rows(table)
+            ),
+        ]
+    )
+
+
+def report(table_name: str = "attack_table", tables_dir: Path = HERE) -> str:
+    """The table of the committed rows of `table_name`, with the machines they were measured on."""
+    table = read_table(Path(tables_dir) / "results" / f"{table_name}.jsonl")
+    machines = sorted({str(row.get("machine")) for row in table.values()})
+    return table_markdown(table) + f"\n\nMachines: {'; '.join(machines)}."
+
+
 def write_table(
     table: dict[tuple, dict], table_md: Path, table_rows: Path, argv: list[str] | None = None
 ) -> None:
     """Writes every row measured so far (this run's and earlier runs') to the JSONL file and the Markdown table."""
-    rows = sorted(
-        table.values(),
-        key=lambda row: (row["model"], row["trigger"] == "none", row["trigger"], row["num_train_epochs"]),
-    )
     table_rows.parent.mkdir(exist_ok=True)
-    atomic_write_text(table_rows, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(table_rows, "".join(json.dumps(row) + "\n" for row in sorted_rows(table)))
     lines = [
-        "| model | trigger | epochs | lr | CA % | ASR % | RA % | train s |",
-        "|---|---|---|---|---|---|---|---|",
-        *(
-            f"| {r['model']} | {r['trigger']} | {r['num_train_epochs']:g} | {r['learning_rate']:g} "
-            f"| {100 * r['clean_accuracy']:.1f} | {percent(r['attack_success_rate'])} "
-            f"| {percent(r['robust_accuracy'])} | {r['train_seconds']:.0f} |"
-            for r in rows
-        ),
+        table_markdown(table),
         "",
         f"Machine: {machine()} (each row's own in `results/{table_rows.name}`). Last command: "
         f"`python benchmarks/attack_table.py {' '.join(sys.argv[1:] if argv is None else argv)}`; rows of earlier runs "

@@ -6,7 +6,7 @@ a 5% clean subset of the training split and records CA / ASR / RA / DER and the 
 accuracy. Settings (`DEFENSES`): plain FT, a compute-matched FT (twice the epochs, about GN-FT's wall time),
 GN-FT with global and per-tensor normalisation, larger radius, α = 1, a penalty warm-up, fewer epochs, and
 AdamW instead of SGD (momentum 0.9); each at its optimiser's learning-rate grid. `make sweep-gnft` runs the
-stages behind the README (3 seeds; one-seed screens of the variants; the promising ones with 3 seeds).
+stages behind docs/gnft.md (3 seeds; one-seed screens of the variants; the promising ones with 3 seeds).
 
 The defender's choice uses clean validation data only (`hf_gnft.choose_learning_rate`): per model and
 defense, the largest learning rate whose mean validation accuracy drops by at most 2 points. Writes

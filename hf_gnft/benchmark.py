@@ -1025,6 +1025,113 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
     return "\n".join(lines)
 
 
+#: the targets a defense is judged against (issues 12 and 26): the ASR left, and after the relapse fine-tunes
+TARGET_ASR = {"noise_burst": 0.05, "tone": 0.05, "pbsm": 0.20, "style": 0.20}
+TARGET_RELAPSE_ASR = {"noise_burst": 0.10, "tone": 0.10, "pbsm": 0.25, "style": 0.25}
+#: the most a defense may cost a model trained without poisoning, in clean accuracy
+TARGET_CLEAN_COST = 0.01
+#: how far above the clean model's retuned ASR a defended model's may end
+TARGET_RETUNED_MARGIN = 0.10
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
+    """One row per suspect for `defense` at the rule's choice (mean over seeds) with a plain verdict against the
+    targets: ASR (`TARGET_ASR`), the 2-point validation rule, the ASR after the relapse fine-tunes
+    (`TARGET_RELAPSE_ASR`, the worse learning rate), the retuned ASR within `TARGET_RETUNED_MARGIN` of the clean
+    model's; and per clean model, its CA cost (`TARGET_CLEAN_COST`)."""
+    rows = [r for r in rows if not r.get("unsupported") and not r.get("failed")]
+    chosen = choose_cells(rows, config)
+    lines = [
+        "| model | attack | before CA / ASR | setting (rule's choice) | CA | ASR | validation drop "
+        "| ASR after relapse | ASR after retuning (clean model's) | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, trigger in sorted({(r["model"], r["trigger"]) for r in rows if r["trigger"] != CLEAN}):
+        runs_here = [r for r in rows if (r["model"], r["trigger"], r["defense"]) == (model, trigger, defense)]
+        if not runs_here:
+            continue
+        before = runs_here[0]["before"]
+        head = (f"| {model} | {trigger} | {100 * before['clean_accuracy']:.1f} / "
+                f"{100 * before['attack_success_rate']:.1f} ")  # fmt: skip
+        choice = chosen.get((model, trigger, defense))
+        if choice is None:
+            value, runs = closest_cells(rows, (model, trigger, defense))
+            lines.append(
+                head + f"| none passes the rule (closest {runs[0]['knob']}={value:g}) "
+                f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
+                f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
+                f"| {_pct([validation_drop(r) for r in runs])} | {_relapse_asr(runs)} | {_retuned_asr(runs, 'after')} "
+                f"| {len(runs)} | **misses**: no setting keeps the validation drop within "
+                f"{100 * config.max_validation_drop:g} points |"
+            )
+            continue
+        value, runs = choice
+        misses = []
+        asr = _mean([r["after"]["attack_success_rate"] for r in runs])
+        if trigger in TARGET_ASR and asr is not None and asr > TARGET_ASR[trigger]:
+            misses.append(f"ASR {100 * asr:.1f} > {100 * TARGET_ASR[trigger]:g}")
+        relapses = [
+            _mean(
+                [
+                    e["attack_success_rate"]
+                    for r in runs
+                    for e in (r.get("relapse") or {}).get("runs") or []
+                    if e["learning_rate"] == rate
+                ]
+            )  # fmt: skip
+            for rate in sorted(
+                {e["learning_rate"] for r in runs for e in (r.get("relapse") or {}).get("runs") or []}
+            )
+        ]
+        worst = max((x for x in relapses if x is not None), default=None)
+        if trigger in TARGET_RELAPSE_ASR and worst is not None and worst > TARGET_RELAPSE_ASR[trigger]:
+            misses.append(f"relapse {100 * worst:.1f} > {100 * TARGET_RELAPSE_ASR[trigger]:g}")
+        retuned = _mean(
+            [
+                r["retuned"]["after"]["attack_success_rate"]
+                for r in runs
+                if (r.get("retuned") or {}).get("after")
+            ]
+        )
+        reference = _mean([r["retuned"]["reference"]["attack_success_rate"] for r in runs
+                           if (r.get("retuned") or {}).get("reference")])  # fmt: skip
+        if retuned is not None and reference is not None and retuned > reference + TARGET_RETUNED_MARGIN:
+            misses.append(
+                f"retuned {100 * retuned:.1f} > clean {100 * reference:.1f} + {100 * TARGET_RETUNED_MARGIN:g}"
+            )
+        unmeasured = [name for name, value in (("relapse", worst), ("clean model's retuning", reference))
+                      if value is None]  # fmt: skip
+        verdict = "meets the targets" if not misses else "**misses**: " + "; ".join(misses)
+        if unmeasured:
+            verdict += f" (not measured: {', '.join(unmeasured)})"
+        if len(runs) < len(config.seeds):
+            verdict += f" ({len(runs)} of {len(config.seeds)} seeds so far)"
+        reference_text = f" ({_retuned_asr(runs, 'reference')})" if reference is not None else ""
+        lines.append(
+            head + f"| {runs[0]['knob']}={value:g} | {_pct([r['after']['clean_accuracy'] for r in runs])} "
+            f"| {_pct([r['after']['attack_success_rate'] for r in runs])} | {_pct([validation_drop(r) for r in runs])} "
+            f"| {_relapse_asr(runs)} | {_retuned_asr(runs, 'after')}{reference_text} | {len(runs)} | {verdict} |"
+        )
+    for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
+        choice = chosen.get((model, CLEAN, defense))
+        if choice is None:
+            continue
+        value, runs = choice
+        cost = _mean([r["before"]["clean_accuracy"] - r["after"]["clean_accuracy"] for r in runs])
+        verdict = ("meets the targets" if cost <= TARGET_CLEAN_COST
+                   else f"**misses**: CA cost {100 * cost:.1f} > {100 * TARGET_CLEAN_COST:g}")  # fmt: skip
+        lines.append(
+            f"| {model} | none (trained clean) | {100 * runs[0]['before']['clean_accuracy']:.1f} / — "
+            f"| {runs[0]['knob']}={value:g} | {_pct([r['after']['clean_accuracy'] for r in runs])} | | "
+            f"{_pct([validation_drop(r) for r in runs])} | | | {len(runs)} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def failed_cells(rows: list[dict]) -> list[dict]:
     """The failed rows (recorded by the Ray executor) of cells that have not finished since, last failure each."""
     finished = {Benchmark.key(r["model"], r["trigger"], r["defense"], r["value"], r["seed"])
@@ -1274,6 +1381,7 @@ __all__ = [
     "DefenseEntry",
     "choose_cells",
     "failed_cells",
+    "headline",
     "peak_memory",
     "plot",
     "summarise",

@@ -11,13 +11,50 @@ Each subcommand runs `hf_gnft.scripts.<name>.main` on the arguments that follow 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+
+#: set to 1 to see the traceback of a settings or input error (as `hf-gnft --debug COMMAND ...` does)
+DEBUG_ENVIRONMENT_VARIABLE = "HF_GNFT_DEBUG"
+
+
+class SettingsError(ValueError):
+    """A setting or an input the command line got wrong. `hf-gnft` prints it as `hf-gnft COMMAND: error: MESSAGE`
+    and exits with status 2, as argparse does for its own errors."""
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is a settings or input error (printed in one line) rather than an unexpected failure (shown
+    with its traceback): a `SettingsError`, or an error class of hf-gnft's own (`TriggerError`, `CleanDataError`,
+    `OutputExistsError`, `SuspectNotFoundError`, ...)."""
+    if isinstance(error, SettingsError):
+        return True
+    package = (type(error).__module__ or "").split(".")[0]
+    return package == "hf_gnft" and isinstance(error, (ValueError, OSError, RuntimeError))
+
+
+def settings_errors(function):
+    """Decorate a recipe's argument parsing: a plain `ValueError` or `TypeError` raised while reading the settings
+    (a dataclass's checks, a missing flag) becomes a `SettingsError`; hf-gnft's own errors pass unchanged."""
+
+    @functools.wraps(function)
+    def parse(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            if is_user_error(error):  # already one of hf-gnft's own errors (TriggerError, PoisonError, ...)
+                raise
+            raise SettingsError(str(error)) from error
+
+    return parse
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -31,6 +68,7 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+@settings_errors
 def parse_recipe_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
     """Parse `argv` (default: `sys.argv[1:]`) into the dataclasses.
 
@@ -80,6 +118,11 @@ def _command_parser() -> argparse.ArgumentParser:
         epilog="Distributed: accelerate launch [--config_file FILE] -m hf_gnft COMMAND ...",
     )
     parser.add_argument("--version", action="version", version=f"hf-gnft {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of a settings or input error (or set {DEBUG_ENVIRONMENT_VARIABLE}=1)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
     for name, (_, aliases, help_text) in RECIPES.items():
         commands.add_parser(name, aliases=list(aliases), help=help_text, add_help=False)
@@ -103,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         0 when the recipe finished; `--help`, a missing or an unknown command exit through argparse (0 or 2).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").lower() in ("1", "true", "yes")
+    while argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     # Only the first argument is the command's; everything after it belongs to the recipe's own parser.
     command = _command_parser().parse_args(argv[:1]).command
     module = importlib.import_module(f"hf_gnft.scripts.{_resolve(command)}")
@@ -111,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[0] = f"hf-gnft {command}"
     try:
         module.main(argv[1:])
+    except Exception as error:
+        if not is_user_error(error):
+            raise  # a failure nobody expected: its traceback
+        if debug:
+            traceback.print_exc()
+        print(f"hf-gnft {command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         sys.argv[0] = program
     return 0

@@ -1,7 +1,7 @@
 """A local stand-in for the Hub's upload API (create repo, validate YAML, preupload, commit), for push tests.
 
 It records every request and the files of each commit (decoded from the NDJSON commit payload), so a test
-checks what the library sent. `fail_commits=True` answers commits with HTTP 500.
+checks what the library sent. `fail_commits=True` refuses commits with HTTP 422 (a 5xx would be retried by huggingface_hub, about 23 s of backoff, before the same failure).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class LocalHub:
                                                         "shouldIgnore": False} for f in files]})  # fmt: skip
                 if "/commit/" in path:
                     if hub.fail_commits:
-                        return self._reply(500, {"error": "the local hub refuses commits"})
+                        return self._reply(422, {"error": "the local hub refuses commits"})
                     repo = path.split("/api/models/")[1].split("/commit/")[0]
                     files, summary = {}, None
                     for line in body.decode().splitlines():

@@ -190,6 +190,7 @@ def test_categories_refuse_empty_sets_and_a_negative_threshold(extractor, wired_
 # ------------------------------------------------------------------------------------------------ recipe
 
 
+@pytest.mark.slow  # 30 s: make test-slow (kept under 10 min for make test)
 def test_analyze_recipe_writes_the_numbers_and_plots(recipe_suspect, tmp_path):
     from hf_gnft.scripts import analyze, defend
 

@@ -80,6 +80,47 @@ def test_arguments_after_the_subcommand_reach_the_recipe(monkeypatch):
     assert sys.argv[0] == program
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["defend", "--defense", "purify", "--purify_rounds", "0"],
+            "purify_rounds must be an integer >= 1, got 0",
+        ),
+        (["defend", "--defense", "gn-ft", "--anp_threshold", "0.3"], "--anp_threshold is a setting of anp"),
+        (["defend", "--defense", "dask"], "unknown defense 'dask'"),
+        (["attack", "--poison_rate", "1.5"], "poison_rate"),
+    ],
+)
+def test_a_settings_error_is_one_line_with_exit_status_2_and_no_output(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli([*argv, "--model", str(tmp_path / "suspect"), "--output_dir", str(out)], capsys)
+    assert code == 2 and err.startswith(f"hf-gnft {argv[0]}: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_debug_shows_the_traceback_and_an_unexpected_error_keeps_it(tmp_path, capsys, monkeypatch):
+    argv = ["defend", "--defense", "purify", "--purify_rounds", "0", "--output_dir", str(tmp_path / "o")]
+    code, _, err = run_cli(["--debug", *argv], capsys)
+    assert (
+        code == 2
+        and "Traceback" in err
+        and err.strip().endswith("purify_rounds must be an integer >= 1, got 0")
+    )
+    monkeypatch.setenv("HF_GNFT_DEBUG", "1")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" in err
+    monkeypatch.delenv("HF_GNFT_DEBUG")
+
+    def broken(argv):
+        raise KeyError("a bug, not a setting")
+
+    monkeypatch.setattr(push_script, "main", broken)
+    with pytest.raises(KeyError, match="a bug"):  # not turned into a one-line error
+        cli.main(["push", "--folder", str(tmp_path)])
+
+
 def test_every_data_attack_and_model_flag_has_help():
     classes = (DataArguments, CleanDataArguments, AttackArguments, ModelArguments)
     missing = [

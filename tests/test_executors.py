@@ -252,15 +252,3 @@ def test_benchmark_run_takes_the_grids_executor(tmp_path, local_ray, suspects, c
     rows = Benchmark(config).run()
     assert len(rows) == 1 and rows[0]["defense"] == "clp" and "after" in rows[0]
     assert "1 to run on Ray" in capsys.readouterr().out
-
-
-def test_the_docs_speed_table_is_the_report_of_the_committed_records():
-    from pathlib import Path
-
-    from testing_utils import load_benchmark_script
-
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "docs" / "cluster.md").read_text()
-    start = text.index("<!-- executor-speed: python benchmarks/executor_speed.py --report -->\n")
-    block = text[text.index("\n", start) + 1 : text.index("\n<!-- /executor-speed -->")]
-    assert block == load_benchmark_script("executor_speed").report()

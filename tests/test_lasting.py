@@ -278,18 +278,3 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
         PurifyConfig(output_dir=str(tmp_path), purify_repair_epochs=float("nan"))
     with pytest.raises(ValueError, match="purify_repair_learning_rate"):
         PurifyConfig(output_dir=str(tmp_path), purify_repair_learning_rate=0.0)
-
-
-def test_the_docs_probe_table_is_the_report_of_the_committed_probe_file():
-    """docs/lasting.md shows `python benchmarks/lasting_probe.py --report` of `benchmarks/lasting/probe.jsonl`,
-    between its markers: a number edited by hand, or a run added without regenerating the table, fails here."""
-    from pathlib import Path
-
-    from testing_utils import load_benchmark_script
-
-    root = Path(__file__).resolve().parents[1]
-    probe = load_benchmark_script("lasting_probe")
-    text = (root / "docs" / "lasting.md").read_text()
-    start = text.index("<!-- lasting-probe: python benchmarks/lasting_probe.py --report -->\n")
-    block = text[text.index("\n", start) + 1 : text.index("\n<!-- /lasting-probe -->")]
-    assert block == probe.report(str(root / "benchmarks" / "lasting" / "probe.jsonl"))

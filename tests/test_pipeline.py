@@ -147,6 +147,7 @@ def test_a_suspect_that_does_not_exist_says_so(tmp_path, model):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # 31 s: make test-slow (kept under 10 min for make test)
 def test_benchmark_cell_and_defend_give_the_same_numbers(recipe_suspect, tmp_path):
     from hf_gnft.benchmark import Benchmark, BenchmarkConfig
 

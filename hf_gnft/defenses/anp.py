@@ -30,7 +30,7 @@ masks fall below 0.2 (4 to 7 neurons), and pruning up to 100 of the 512 neurons 
 attack success rate unchanged (0.83). ANP's premise, backdoor neurons that are unusually sensitive to
 perturbation, did not hold for feed-forward neurons of that model. In the small benchmark grid
 (`make bench-defenses`) threshold 0.2 pruned nothing on any suspect; the LayerNorm variant (ε = 1, the 60
-smallest of 352 masks) lowered ASR by at most 7 points within the 2-point validation rule (README). On the conv
+smallest of 352 masks) lowered ASR by at most 7 points within the 2-point validation rule (docs/notes/2026-12-defense-benchmarks-history.md). On the conv
 channels (`benchmarks/grids/anp-variants.yaml`, ε = 1) the perturbations do bite (the perturbed loss reached 9–14
 nats against 1–3 unperturbed), but the smallest masks are channels the clean task needs: pruning 5–20 of the 224
 cost Wav2Vec2 4–5 points of validation accuracy for ASR 82–86% (from 93%), and HuBERT's 5 within the rule left

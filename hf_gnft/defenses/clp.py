@@ -23,7 +23,7 @@ Adaptation to speech transformers:
 Measured: CLP did not lower the ASR of the tests' backdoored tiny Wav2Vec2 (u 3 … 0.5), nor of a tiny Wav2Vec2
 with a planted noise-burst backdoor trained on noisy sines (u 3, 2, 1, with and without the conv channels: ASR
 stayed 1.0, and with the channels at u 1 CA fell to 0.58). In the small benchmark grid it lowered ASR by 1.6–2.7
-points on the noise-burst suspects (README). The backdoors of these models do not sit in channels with outlying
+points on the noise-burst suspects (docs/notes/2026-12-defense-benchmarks-history.md). The backdoors of these models do not sit in channels with outlying
 Lipschitz bounds.
 """
 

@@ -20,7 +20,7 @@ class GNFTConfig(TrainingArguments):
     `g = (1 − α)·∇L(θ) + α·∇L(θ + r·∇L(θ)/‖∇L(θ)‖)` with `α = λ / r`; in "exact" mode it is computed by
     double backprop (a reference, about twice the cost of "approx").
 
-    The defaults are the authors' (r = 0.05, α = 0.7). The project's sweep (README, "GN-FT vs FT: the sweep")
+    The defaults are the authors' (r = 0.05, α = 0.7). The project's sweep (docs/gnft.md, "GN-FT vs FT: the sweep")
     found no consistent gain from a larger radius, α = 1, a warm-up or per-tensor normalisation, and kept them.
 
     Parameters that control the penalty:
@@ -113,7 +113,7 @@ class DefenseConfig(GNFTConfig):
     `ft` defense). `push_to_hub` / `hub_model_id` / `hub_private_repo` push the finished output folder (model, card,
     metrics; never checkpoints) once, at the end; `hub_dry_run` lists what would be pushed. Checkpoints
     (`save_strategy="steps"`) go to `OUTPUT_DIR.partial/` and `resume_from_checkpoint=True` continues
-    from the last. The benchmark (README, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
+    from the last. The benchmark (docs/gnft.md, "GN-FT vs FT: the sweep") found 0.01 too small for the tiny keyword
     models and recommends choosing the learning rate from clean validation accuracy with a knob search
     ([`search_knob`], `--learning_rate_grid 0.05 0.1`); the defaults stay the authors'.
     """

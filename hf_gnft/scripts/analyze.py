@@ -25,11 +25,14 @@ from hf_gnft.data.arguments import DataArguments
 from hf_gnft.pipeline import SuspectModelArguments
 
 
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """(data, suspect and analysis arguments) from flags, a YAML/JSON file or both."""
+    return parse_recipe_args((DataArguments, SuspectModelArguments, AnalysisArguments), argv)
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    data_args, model_args, args = parse_recipe_args(
-        (DataArguments, SuspectModelArguments, AnalysisArguments), argv
-    )
+    data_args, model_args, args = parse_args(argv)
     record = run_analysis(data_args, model_args, args)
     summary = {
         "output_dir": args.output_dir,

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, write_reports
+from hf_gnft.benchmark import Benchmark, BenchmarkConfig, BenchmarkConfigError, headline, write_reports
 from hf_gnft.executors import EXECUTORS, ExecutorError, ExecutorSettings
 
 
-def main(argv: list[str] | None = None) -> str:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -46,6 +47,21 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per task (default: its CPUs)"
     )
+    parser.add_argument(
+        "--headline",
+        default=None,
+        metavar="DEFENSE",
+        help="with --report: print DEFENSE's verdict table only",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
@@ -58,6 +74,14 @@ def main(argv: list[str] | None = None) -> str:
     if args.output_dir:
         config.output_dir = args.output_dir
     benchmark = Benchmark(config)
+    if args.headline is not None:
+        if not args.report or args.headline not in config.defenses:
+            parser.error(
+                f"--headline takes --report and one of the grid's defenses ({', '.join(config.defenses)})"
+            )
+        table = headline(benchmark.rows(), config, args.headline)
+        print(table)
+        return table
     if args.report:
         rows = benchmark.rows()
     else:

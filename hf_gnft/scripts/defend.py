@@ -1,6 +1,7 @@
 """Clean a suspect keyword-spotting model with any defense, and measure it before and after.
 
     hf-gnft defend --model outputs/attack --output_dir outputs/gnft                  # GN-FT (the default)
+    hf-gnft defend --defense purify --model outputs/attack --output_dir outputs/purified  # purification
     hf-gnft defend --defense ft --model outputs/attack --output_dir outputs/ft       # plain FT, same budget
     hf-gnft defend --defense tsbd --model outputs/attack --output_dir outputs/tsbd --knob_grid 0.05 0.1 0.2
     hf-gnft defend --defense nad --help                                              # NAD's own flags
@@ -11,7 +12,7 @@
                                                                  # --resume_from_checkpoint true
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/defend.py ...
 
-`--defense` is one of gn-ft, ft, ft-sam, fp, nad, anp, clp, tsbd (`hf_gnft.DEFENSE_METHODS`); each takes its
+`--defense` is one of gn-ft, purify, ft, ft-sam, fp, nad, anp, clp, tsbd (`hf_gnft.DEFENSE_METHODS`); each takes its
 own settings as flags (`--defense nad --help` lists them), and a setting of another defense is an error that
 names the defense it belongs to. The clean data is a fraction (`--clean_fraction 0.05`) or a count
 (`--clean_count`) of a split the defender trusts (the synthetic corpus by default). `attack_spec.json` next
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from hf_gnft.cli import parse_recipe_args
+from hf_gnft.cli import parse_recipe_args, settings_errors
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
 from hf_gnft.defenses import DefenseMethod, get_defense
 from hf_gnft.pipeline import DefenseArguments, OutputArguments, SuspectModelArguments, defend, owners_of
@@ -102,6 +103,7 @@ def _check_foreign_settings(method: DefenseMethod, classes: tuple[type, ...], ar
             )
 
 
+@settings_errors
 def parse_args(argv: list[str] | None = None) -> tuple:
     """(data, clean data, suspect, defense arguments, the method's config, output arguments or None)."""
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from hf_gnft.attack import ATTACK_SPEC_FILE, AttackArguments, ModelArguments, ru
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
 from hf_gnft.defenses import DefenseConfig, FTConfig, PurifyConfig
 from hf_gnft.models import load_suspect_model
+from hf_gnft.outputs import machine_description
 from hf_gnft.pipeline import SuspectModelArguments, run_defense
 from hf_gnft.poison import AttackSpec, make_triggered_eval_set
 from hf_gnft.retuning import RetuningConfig, retuning_attack
@@ -66,7 +68,8 @@ def relapse_asrs(record: dict) -> list[float | None]:
     return [run["attack_success_rate"] for run in (record.get("relapse") or {}).get("runs") or []]
 
 
-def main(argv: list[str] | None = None) -> str:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,7 +89,24 @@ def main(argv: list[str] | None = None) -> str:
         default=True,
         help="also train the model without poisoning and retune it the same way (the retuning check's reference)",
     )
+    parser.add_argument(
+        "--report", default=None, metavar="SUMMARY", help="print the table of a summary.json and exit"
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.report:
+        table = report(args.report)
+        print(table)
+        return table
+    started = time.perf_counter()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     out = Path(args.output_dir)
@@ -133,11 +153,24 @@ def main(argv: list[str] | None = None) -> str:
     rows[0]["retuned"] = summary["purify"]["retuning"]["before"]["attack_success_rate"]
     if args.clean_reference:
         rows.append(clean_reference_row(args, out, clean, attack.output_dir, summary))
-    table = format_table(rows)
-    (out / "table.md").write_text(f"Scan: {scan.verdict}\n\n{table}\n")
+    summary["rows"] = rows
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["machine"] = machine_description()
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\nScan: {scan.verdict}\n\n{table}")
+    table = report(out / "summary.json")
+    (out / "table.md").write_text(table + "\n")
+    print(f"\n{table}")
     return table
+
+
+def report(path: str | Path) -> str:
+    """The demo's final table from its `summary.json` (`hf-gnft demo --report FILE`): the scan's verdict, the rows,
+    the machine and the wall time."""
+    summary = json.loads(Path(path).read_text())
+    return (
+        f"Scan: {summary['scan']['verdict']}\n\n{format_table(summary['rows'])}\n\n"
+        f"Machine: {summary['machine']}; {summary['wall_seconds'] / 60:.1f} min in all."
+    )
 
 
 def clean_reference_row(

@@ -40,9 +40,14 @@ class PushArguments:
     )
 
 
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """(the push arguments,) from flags, a YAML/JSON file or both."""
+    return parse_recipe_args((PushArguments,), argv)
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_recipe_args((PushArguments,), argv)
+    (args,) = parse_args(argv)
     result = push_output_dir(
         args.folder, args.hub_model_id, private=args.hub_private_repo, dry_run=args.hub_dry_run
     )
