@@ -33,6 +33,7 @@ from .poison import (
     poison_dataset,
     resolve_label,
 )
+from .settings import check_numeric_settings
 from .trainer_args import KeywordTrainingArguments, is_main_process
 from .training import AudioClassificationTrainer, evaluate_backdoor, train_timed
 from .triggers import Trigger, trigger_from_config
@@ -87,6 +88,7 @@ class AttackArguments:
     poison_seed: int = field(default=0, metadata={"help": "Seed of the poisoned-row selection."})
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self, error=PoisonError)  # a rate outside (0, 1] is the poisoning's error
         if isinstance(self.trigger, Trigger):  # from Python: used as is (a callable one is not re-imported)
             self.trigger.to_dict()  # a trigger that cannot be recorded in attack_spec.json fails now
         else:

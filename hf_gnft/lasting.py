@@ -44,6 +44,7 @@ from .inversion import (
     reinversion_check,
     reinversion_clips,
 )
+from .settings import check_numeric_settings
 from .training import evaluate_backdoor
 
 #: the relapse fine-tunes' learning rates: the FT defense's own (0.01) and 5× it
@@ -74,6 +75,7 @@ class RelapseConfig:
         rates = self.learning_rates
         if isinstance(rates, (int, float)) or not rates:
             raise LastingCheckError(f"learning_rates must be a non-empty list, got {rates!r}")
+        check_numeric_settings(self, error=LastingCheckError)
         for rate in rates:
             if not (is_finite_number(rate) and rate > 0):
                 raise LastingCheckError(

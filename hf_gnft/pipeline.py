@@ -49,6 +49,7 @@ from .outputs import (
 )
 from .poison import AttackSpec, make_triggered_eval_set
 from .retuning import RetuningConfig, retuning_attack, select_retuning_rows
+from .settings import check_numeric_settings
 from .trainer_args import is_main_process
 from .training import evaluate_backdoor
 from .triggers import Trigger, TriggerError
@@ -198,6 +199,13 @@ class DefenseArguments:
         default=0.02,
         metadata={"help": "Largest acceptable drop of clean validation accuracy (0.02 = 2 points)."},
     )
+    max_accuracy_drop: float = field(
+        default=0.2,
+        metadata={
+            "help": "A defended model (or knob candidate) whose clean validation accuracy fell by more than "
+            "this, or to chance level, or whose weights are not finite, is not written (0.2 = 20 points)."
+        },
+    )
     keep_candidates: bool = field(
         default=False, metadata={"help": "Keep every candidate of a knob search in OUTPUT_DIR.candidates/."}
     )
@@ -225,6 +233,7 @@ class DefenseArguments:
     )
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self)
         method = (
             get_defense(self.defense) if self.defense is not None else None
         )  # unknown: lists the known ones
@@ -522,6 +531,52 @@ def _attack_spec_path(model_args: SuspectModelArguments) -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
+class BrokenModelError(RuntimeError):
+    """What a defense produced is not a usable model (non-finite weights, or clean accuracy at chance level or far
+    below the suspect's): nothing is written to the output folder."""
+
+
+#: a defended model whose clean accuracy fell by more than this (absolute) is not published
+DEFAULT_MAX_ACCURACY_DROP = 0.2
+
+
+def check_publishable(
+    model: torch.nn.Module,
+    accuracy_before: float | None,
+    accuracy_after: float | None,
+    num_labels: int,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    where: str = "validation",
+) -> None:
+    """Refuse to publish a broken defended model.
+
+    Raises:
+        BrokenModelError: a weight or buffer is not finite; or the clean accuracy (`where`: validation, else test)
+            fell to chance level (1 / `num_labels`) from above it, or by more than `max_accuracy_drop`.
+    """
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    if broken:
+        raise BrokenModelError(
+            f"the defended model has non-finite weights ({len(broken)} tensor{'s' if len(broken) > 1 else ''}, "
+            f"first {broken[0]!r}): the defense diverged; nothing was written (try a smaller learning rate)"
+        )
+    if accuracy_before is None or accuracy_after is None:
+        return
+    chance = 1.0 / max(num_labels, 1)
+    if accuracy_before > chance + 0.05 and accuracy_after <= chance + 0.02:
+        raise BrokenModelError(
+            f"the defended model's clean {where} accuracy fell to chance level ({100 * accuracy_after:.1f}% for "
+            f"{num_labels} classes, from {100 * accuracy_before:.1f}%): nothing was written"
+        )
+    if accuracy_before - accuracy_after > max_accuracy_drop:
+        raise BrokenModelError(
+            f"the defended model's clean {where} accuracy fell by {100 * (accuracy_before - accuracy_after):.1f} "
+            f"points ({100 * accuracy_before:.1f}% -> {100 * accuracy_after:.1f}%), more than max_accuracy_drop "
+            f"({100 * max_accuracy_drop:g} points): nothing was written"
+        )
+
+
 def run_defense(
     data_args: DataArguments,
     clean_args: CleanDataArguments,
@@ -535,6 +590,7 @@ def run_defense(
     require_validation: bool = False,
     reinversion: bool = True,
     relapse: RelapseConfig | None | str = "default",
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -558,6 +614,9 @@ def run_defense(
         relapse: settings of the relapse check ([`hf_gnft.lasting.relapse_check`]: clean fine-tunes of the defended
             model, then CA / ASR and, with `reinversion`, a re-inversion): `RelapseConfig()` seeded with the clean
             subset's seed by default; `None`: no check.
+        max_accuracy_drop: a defended model whose clean validation accuracy (test accuracy without a validation
+            split) fell by more than this, or to chance level, or whose weights are not finite, is not published:
+            [`check_publishable`] raises [`BrokenModelError`] before anything is written.
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -644,6 +703,14 @@ def run_defense(
         after = evaluate_backdoor(defended, extractor, test, triggered, target)
         validation_after = (
             evaluate_backdoor(defended, extractor, validation).clean_accuracy if validation else None
+        )
+        check_publishable(  # a broken model is never published, and the checks below would only waste time
+            defended,
+            validation_before if validation else before.clean_accuracy,
+            validation_after if validation else after.clean_accuracy,
+            int(getattr(defended.config, "num_labels", 0) or len(set(test["label"]))),
+            max_accuracy_drop,
+            where="validation" if validation else "test",
         )
         reinverted, detection = None, None
         check_clips = reinversion_clips(validation if validation is not None else clean)
@@ -836,7 +903,8 @@ def search_knob(
                                      output=candidate_output, retuning="default" if search.retuning_check else None,
                                      knob=knob, require_validation=True,
                                      reinversion=search.reinversion_check,
-                                     relapse="default" if search.relapse_check else None)  # fmt: skip
+                                     relapse="default" if search.relapse_check else None,
+                                     max_accuracy_drop=search.max_accuracy_drop)  # fmt: skip
     drops = {value: validation_drop(result.record) for value, result in results.items()}
     reinverted = {value: record_reinversion(result.record) for value, result in results.items()}
     chosen = choose_candidate(drops, reinverted, search.max_validation_drop, search.larger_is_stronger)
@@ -892,4 +960,5 @@ def defend(
     return run_defense(data_args, clean_args, model_args, config, defense=defense_args.defense, output=output,
                        retuning="default" if defense_args.retuning_check else None,
                        reinversion=defense_args.reinversion_check,
-                       relapse="default" if defense_args.relapse_check else None)  # fmt: skip
+                       relapse="default" if defense_args.relapse_check else None,
+                       max_accuracy_drop=defense_args.max_accuracy_drop)  # fmt: skip

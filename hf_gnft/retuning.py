@@ -47,6 +47,7 @@ from transformers import FeatureExtractionMixin, PreTrainedModel, TrainingArgume
 
 from .metrics import BackdoorMetrics
 from .poison import _check_columns, _fingerprint, _map_trigger, _preflight
+from .settings import check_numeric_settings
 from .training import AudioClassificationTrainer, evaluate_backdoor, train_timed
 from .triggers import Trigger, trigger_from_config
 
@@ -78,6 +79,7 @@ class RetuningConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self, error=RetuningError)
         if isinstance(self.num_triggered, bool) or not isinstance(self.num_triggered, int):
             raise RetuningError(f"num_triggered must be an integer >= 1, got {self.num_triggered!r}")
         if self.num_triggered < 1:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .settings import check_numeric_settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +45,10 @@ class KeywordTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished output folder (once the new one is complete)."}
     )
+
+    def __post_init__(self) -> None:
+        check_numeric_settings(self)  # every number finite and in range, before TrainingArguments reads them
+        super().__post_init__()
 
 
 def as_config(

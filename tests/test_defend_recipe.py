@@ -332,7 +332,7 @@ def test_learning_rate_search_needs_a_validation_split(tmp_path, suspect):
 def test_learning_rate_grid_must_be_positive():
     from hf_gnft.pipeline import DefenseArguments
 
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"learning_rate_grid must be a finite number > 0"):
         DefenseArguments(learning_rate_grid=[0.1, -1.0])
 
 

@@ -3,8 +3,6 @@ backdoor of the session's backdoored tiny Wav2Vec2."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -280,7 +278,7 @@ def test_clp_with_a_huge_u_prunes_nothing():
     model, _ = tiny_model()
     with torch.no_grad():
         feed_forward_layers(model)[0].intermediate.weight[7] *= 100.0
-    for u in (1e6, math.inf):
+    for u in (1e6, 1e30):  # a non-finite u is refused (every setting finite)
         out = apply_clp(model, config=CLPConfig(clp_u=u, clp_include_conv=True))
         assert out.info["pruned_count"] == 0
         assert_same_state(out.model, state(model))

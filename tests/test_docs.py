@@ -121,6 +121,8 @@ def test_every_command_shown_parses_with_its_subcommands_parser(page, command, m
         words = words[1:]
     if words[:1] in (["--help"], ["--version"]) or len(words) < 2:  # the command's name in a sentence
         return
+    if words[0].endswith(":"):  # `hf-gnft defend: error: ...`: what a command prints, not a command
+        return
     assert words[0] in {*RECIPES, *(a for _, aliases, _ in RECIPES.values() for a in aliases)}, command
     module = importlib.import_module(f"hf_gnft.scripts.{_resolve(words[0])}")
     try:

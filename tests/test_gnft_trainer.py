@@ -295,7 +295,7 @@ def test_batchnorm_statistics_are_updated_once_per_step(tmp_path):
         torch.manual_seed(0)
         model = TinyCNN()
         args = config(
-            tmp_path, f"bn{alpha}", gn_alpha=alpha, per_device_train_batch_size=8, learning_rate=0.0
+            tmp_path, f"bn{alpha}", gn_alpha=alpha, per_device_train_batch_size=8, learning_rate=1e-30
         )
         InOrderGNFT(model=model, args=args, train_dataset=rows, data_collator=collate).train()
         batchnorm = model.body[1]

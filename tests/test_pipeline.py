@@ -48,6 +48,50 @@ def test_every_registered_defense_has_fast_test_settings():
     assert set(FAST_SETTINGS) == set(DEFENSE_METHODS)
 
 
+@pytest.mark.parametrize("name", list(DEFENSE_METHODS))
+def test_a_broken_defended_model_is_never_written(name, recipe_suspect, tmp_path, monkeypatch):
+    """Every method, through `hf-gnft defend`: a defense that diverged (a non-finite weight) writes nothing."""
+    import copy
+
+    from hf_gnft import pipeline
+    from hf_gnft.defenses import DefenseOutcome
+    from hf_gnft.outputs import partial_dir
+    from hf_gnft.pipeline import BrokenModelError
+
+    def diverged(method, model, extractor, clean, config, validation=None):
+        assert method.name == name
+        broken = copy.deepcopy(model)
+        next(broken.parameters()).data[0] = float("nan")
+        return DefenseOutcome(broken, {"defense": name}), 0.0
+
+    monkeypatch.setattr(pipeline, "apply_method", diverged)
+    out = tmp_path / "out"
+    with pytest.raises(BrokenModelError, match="non-finite weights"):
+        defend_recipe.main(["--defense", name, "--model", str(recipe_suspect), "--output_dir", str(out),
+                            "--clean_count", "8", *RECIPE_DATA, "--reinversion_check", "false", "--relapse_check",
+                            "false", "--retuning_check", "false", *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []),
+                            *FAST_SETTINGS[name]])  # fmt: skip
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_a_model_at_chance_or_far_below_the_suspect_is_not_published():
+    from torch import nn
+
+    from hf_gnft.pipeline import BrokenModelError, check_publishable
+
+    model = nn.Linear(2, 2)
+    check_publishable(model, 0.9, 0.75, 10)  # 15 points: within the default 20
+    check_publishable(model, 0.1, 0.1, 10)  # a suspect at chance stays at chance: nothing to tell
+    with pytest.raises(BrokenModelError, match=r"fell to chance level \(10.0% for 10 classes, from 30.0%\)"):
+        check_publishable(model, 0.3, 0.1, 10)
+    with pytest.raises(BrokenModelError, match="fell by 25.0 points .* more than max_accuracy_drop"):
+        check_publishable(model, 0.9, 0.65, 10)
+    check_publishable(model, 0.9, 0.65, 10, max_accuracy_drop=0.3)
+    model.bias.data[1] = float("inf")
+    with pytest.raises(BrokenModelError, match="non-finite weights .*'bias'"):
+        check_publishable(model, None, None, 10)
+
+
 def test_every_defense_writes_the_same_files_and_record_keys(defended):
     files = {name: sorted(p.name for p in out.iterdir()) for name, out in defended.items()}
     reference = files["gn-ft"]

@@ -91,7 +91,7 @@ def tiny(sines):
         ),
         ("too_many_clean", "num_clean=100"),
         ("other_label_space", "differ from the clean data's"),
-        ("zero_triggered_set_later", "num_triggered must be >= 1"),
+        ("zero_triggered_set_later", "num_triggered must be an integer >= 1"),
     ],
 )
 def test_bad_inputs_raise_before_training(tiny, never_trains, case, message):

@@ -21,6 +21,7 @@ from ..neurons import resolve_layers
 from ..outputs import atomic_write_text, check_output_dir, machine_description, staged_output_dir
 from ..pipeline import SuspectModelArguments
 from ..poison import AttackSpec, make_triggered_eval_set
+from ..settings import check_numeric_settings
 from ..training import evaluate_backdoor
 from .categories import categorize_neurons, mean_by_category
 from .gradients import neuron_gradient_profile
@@ -66,6 +67,9 @@ class AnalysisArguments:
     scan_calibration: str | None = None
     scan_max_clips: int = 200
     overwrite_output_dir: bool = False
+
+    def __post_init__(self) -> None:
+        check_numeric_settings(self)
 
 
 def _sample(dataset: Dataset, count: int) -> Dataset:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from ..settings import check_numeric_settings
 from .loading import load_keyword_dataset
 from .synthetic import SyntheticKeywordsConfig, load_synthetic_keywords
 
@@ -72,6 +73,9 @@ class DataArguments:
         default=16_000, metadata={"help": "The rate the audio is resampled to; must be the model's."}
     )
 
+    def __post_init__(self) -> None:
+        check_numeric_settings(self)
+
     def load(self, sampling_rate: int) -> DatasetDict:
         """The dataset as a `DatasetDict` with `audio` (decode=False, at `sampling_rate`) and `label` columns."""
         if self.dataset == "synthetic":
@@ -136,6 +140,9 @@ class CleanDataArguments:
             "without the test set or the trigger (skipped when the dataset has no such split)."
         },
     )
+
+    def __post_init__(self) -> None:
+        check_numeric_settings(self, error=CleanDataError)
 
     def select(self, dataset: Dataset) -> Dataset:
         """The clean subset: `clean_count` or `round(clean_fraction * len)` rows drawn with `clean_seed`."""

@@ -66,6 +66,7 @@ from ..neurons import (
     make_pruning_permanent,
     prune_neurons_,
 )
+from ..settings import check_numeric_settings
 from ..training import audio_batches
 from .base import DefenseOutcome, check_clean_subset, copy_model
 
@@ -137,6 +138,8 @@ class ANPConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self)
+
         def number(name: str, low: float, high: float = math.inf, integer: bool = False) -> None:
             value = getattr(self, name)
             kind = int if integer else (int, float)

@@ -46,6 +46,7 @@ from ..neurons import (
     prune_neurons_,
     select_layers,
 )
+from ..settings import check_numeric_settings
 from .base import DefenseOutcome, copy_model
 
 DEFENSE_NAME = "CLP"
@@ -77,6 +78,7 @@ class CLPConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self)
         if (
             not isinstance(self.clp_u, (int, float))
             or isinstance(self.clp_u, bool)

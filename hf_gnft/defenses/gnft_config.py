@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..perturbation import NORMS
+from ..settings import check_numeric_settings
 
 GN_MODES = ("approx", "exact")
 
@@ -73,6 +74,7 @@ class GNFTConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self)  # every number finite and in range, before TrainingArguments reads them
         super().__post_init__()
         if not isinstance(self.gn_alpha, (int, float)) or not self.gn_alpha >= 0:
             raise ValueError(f"gn_alpha must be >= 0 (0 is plain fine-tuning), got {self.gn_alpha!r}")
