@@ -56,7 +56,10 @@ def describe_run(row: dict) -> str:
         f", burst at {row['burst_start_s']:g} s (diagnosis)" if row.get("burst_start_s") is not None else ""
     )
     plan = ", ".join(family for _, family in row.get("plan") or [])
-    return f"{row['defense']} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}"
+    suspect = (
+        f" on {row['suspect']}" if row.get("suspect") not in (None, "backdoored") else ""
+    )  # not make demo's
+    return f"{row['defense']}{suspect} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}"
 
 
 def report(path: str) -> str:
