@@ -48,7 +48,15 @@ def describe_run(row: dict) -> str:
     """A row's defense and settings, as the table names it."""
     effective = row.get("effective") or {}
     shown = {key: effective.get(key, value) for key, value in row["settings"].items()}
-    for key in ("purify_mix_ratio", "purify_repair_epochs", "purify_shapes"):  # what changed between the runs
+    changed = (
+        "purify_mix_ratio",
+        "purify_repair_epochs",
+        "purify_shapes",
+        "purify_distillation",
+        "purify_repair_distillation",
+        "purify_distillation_hides_target",
+    )  # what changed between the runs
+    for key in changed:
         if key in effective:
             shown[key] = effective[key]
     settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in shown.items()) or "defaults"

@@ -56,6 +56,7 @@ from .outputs import atomic_write_text, machine_description
 from .pipeline import apply_method, choose_candidate, record_reinversion, validation_drop
 from .poison import AttackSpec, make_triggered_eval_set
 from .retuning import RetuningConfig, retuning_attack
+from .settings import check_numeric_settings
 from .trainer_args import KeywordTrainingArguments
 from .training import evaluate_backdoor
 from .triggers import Trigger, TriggerError, reference_triggers, trigger_from_config
@@ -195,6 +196,7 @@ class BenchmarkConfig:
     resources: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_numeric_settings(self, error=BenchmarkConfigError)
         try:  # an unknown executor or bad resources fail here
             ExecutorSettings.from_grid(self.executor, self.resources)
         except ExecutorError as error:
@@ -225,17 +227,6 @@ class BenchmarkConfig:
         self.defenses = entries
         if self.reference not in self.defenses:
             raise BenchmarkConfigError(f"the cost reference {self.reference!r} is not among the defenses")
-        if not 0.0 < self.clean_fraction <= 1.0:
-            raise BenchmarkConfigError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
-        if not 0.0 <= self.min_suspect_accuracy <= 1.0:
-            raise BenchmarkConfigError(
-                f"min_suspect_accuracy must be in [0, 1], got {self.min_suspect_accuracy}"
-            )
-        points = self.interpolation_points
-        if isinstance(points, bool) or not isinstance(points, int) or points < 0 or points == 1:
-            raise BenchmarkConfigError(
-                f"interpolation_points must be 0 (off) or an integer >= 2, got {points!r}"
-            )
         try:
             RelapseConfig(**{**self.relapse_settings, "seed": 0})
         except (TypeError, LastingCheckError) as error:
@@ -881,14 +872,19 @@ def _mean_reinversion(runs: list[dict]) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def _relapse_asr(runs: list[dict]) -> str:
-    """Mean ± std ASR after the relapse check's clean fine-tunes, one per learning rate ("a / b")."""
+def _relapse_by_rate(runs: list[dict]) -> dict[float, list[float]]:
+    """Relapse learning rate -> the ASRs after the relapse check's clean fine-tune at it, in rate order."""
     by_rate: dict[float, list[float]] = {}
     for run in runs:
         for entry in (run.get("relapse") or {}).get("runs") or []:
             if entry.get("attack_success_rate") is not None:
                 by_rate.setdefault(entry["learning_rate"], []).append(entry["attack_success_rate"])
-    return " / ".join(_pct(by_rate[rate]) for rate in sorted(by_rate))
+    return dict(sorted(by_rate.items()))
+
+
+def _relapse_asr(runs: list[dict]) -> str:
+    """Mean ± std ASR after the relapse check's clean fine-tunes, one per learning rate ("a / b")."""
+    return " / ".join(_pct(values) for values in _relapse_by_rate(runs).values())
 
 
 def _relapse_rates(rows: list[dict]) -> str:
@@ -1074,19 +1070,7 @@ def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
         asr = _mean([r["after"]["attack_success_rate"] for r in runs])
         if trigger in TARGET_ASR and asr is not None and asr > TARGET_ASR[trigger]:
             misses.append(f"ASR {100 * asr:.1f} > {100 * TARGET_ASR[trigger]:g}")
-        relapses = [
-            _mean(
-                [
-                    e["attack_success_rate"]
-                    for r in runs
-                    for e in (r.get("relapse") or {}).get("runs") or []
-                    if e["learning_rate"] == rate
-                ]
-            )  # fmt: skip
-            for rate in sorted(
-                {e["learning_rate"] for r in runs for e in (r.get("relapse") or {}).get("runs") or []}
-            )
-        ]
+        relapses = [_mean(values) for values in _relapse_by_rate(runs).values()]
         worst = max((x for x in relapses if x is not None), default=None)
         if trigger in TARGET_RELAPSE_ASR and worst is not None and worst > TARGET_RELAPSE_ASR[trigger]:
             misses.append(f"relapse {100 * worst:.1f} > {100 * TARGET_RELAPSE_ASR[trigger]:g}")

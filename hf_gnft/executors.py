@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .settings import check_numeric_settings
+
 #: the executors a grid or `--executor` may name
 EXECUTORS = ("serial", "ray")
 #: the task kinds `resources` may size
@@ -47,12 +49,10 @@ class TaskResources:
     gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("cpus", "gpus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
-                raise ExecutorError(f"resources: {name} must be a number, got {value!r}")
-            if value < 0 or value == float("inf"):
-                raise ExecutorError(f"resources: {name} must be finite and >= 0, got {value!r}")
+        try:
+            check_numeric_settings(self, error=ExecutorError)
+        except ExecutorError as error:
+            raise ExecutorError(f"resources: {error}") from None
         if self.cpus == 0 and self.gpus == 0:
             raise ExecutorError("resources: a task needs at least some CPU or GPU (cpus and gpus are both 0)")
 
@@ -82,9 +82,7 @@ class ExecutorSettings:
             raise ExecutorError(
                 f"unknown executor {self.executor!r}: the known executors are {', '.join(EXECUTORS)}"
             )
-        threads = self.threads
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ExecutorError(f"threads must be an integer >= 1, got {threads!r}")
+        check_numeric_settings(self, error=ExecutorError)
         if self.ray_address is not None and self.executor != "ray":
             raise ExecutorError(
                 "a Ray address was given, but the executor is not 'ray' (pass --executor ray)"

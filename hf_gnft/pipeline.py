@@ -323,6 +323,28 @@ class OutputArguments:
 
 
 @dataclass
+class SuspectMeasurements:
+    """What `run_defense` measures on the suspect itself, the same for every defense of the same suspect on the
+    same data: CA / ASR / RA and validation accuracy before, the suspect's inversion of every class (the
+    re-inversion checks' detection) and its retuning check. Pass `DefenseResult.suspect_measurements` to the next
+    `run_defense` of that suspect to measure them once (`make demo` runs three defenses).
+
+    Args:
+        key: what they were measured on (the suspect's provenance, the data's fingerprint, the retuning settings).
+        before: the suspect's metrics on the evaluation split.
+        validation_before: its clean validation accuracy (`None` without a validation split).
+        detection: its inversion of every class on the re-inversion clips (`None` until a re-inversion ran).
+        retuned_before: its retuning check's metrics (`None` when not run).
+    """
+
+    key: str
+    before: BackdoorMetrics
+    validation_before: float | None
+    detection: Any = None
+    retuned_before: dict[str, Any] | None = None
+
+
+@dataclass
 class DefenseResult:
     """What `run_defense` wrote and measured."""
 
@@ -331,6 +353,7 @@ class DefenseResult:
     after: BackdoorMetrics
     record: dict[str, Any] = field(default_factory=dict)
     push: PushResult | None = None
+    suspect_measurements: SuspectMeasurements | None = None
 
 
 def owners_of(setting: str) -> list[str]:
@@ -591,6 +614,7 @@ def run_defense(
     reinversion: bool = True,
     relapse: RelapseConfig | None | str = "default",
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    suspect_measurements: SuspectMeasurements | None = None,
 ) -> DefenseResult:
     """Clean the suspect with one defense and measure it before and after.
 
@@ -617,6 +641,9 @@ def run_defense(
         max_accuracy_drop: a defended model whose clean validation accuracy (test accuracy without a validation
             split) fell by more than this, or to chance level, or whose weights are not finite, is not published:
             [`check_publishable`] raises [`BrokenModelError`] before anything is written.
+        suspect_measurements: the suspect's own measurements from an earlier `run_defense` of the same suspect on
+            the same data (`DefenseResult.suspect_measurements`), reused instead of measured again; a
+            [`SuspectMeasurements`] of another suspect, data or retuning setting is an error.
 
     Writes to the output folder, atomically (everything goes to `OUTPUT_DIR.partial/`, renamed at the end):
     the cleaned model (safetensors), its feature extractor, `defense_metrics.json` (CA / ASR / RA before and
@@ -677,9 +704,21 @@ def run_defense(
         else None
     )
     target = spec.target_label if measured else None
-    before = evaluate_backdoor(model, extractor, test, triggered, target)
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
-    validation_before = evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None
+    key = json.dumps([provenance.to_dict(), data_fingerprint(clean, test, validation),
+                      retuning.to_dict() if retuning is not None and measured else None,
+                      spec.to_dict() if measured else None, trigger is not None], sort_keys=True, default=str)  # fmt: skip
+    if suspect_measurements is not None and suspect_measurements.key != key:
+        raise ValueError(
+            "suspect_measurements were measured on another suspect, data or retuning setting than this run's"
+        )
+    if suspect_measurements is None:
+        suspect_measurements = SuspectMeasurements(
+            key,
+            evaluate_backdoor(model, extractor, test, triggered, target),
+            evaluate_backdoor(model, extractor, validation).clean_accuracy if validation else None,
+        )
+    before, validation_before = suspect_measurements.before, suspect_measurements.validation_before
 
     main_process = _main_process(config)
     push_to_hub, hub_dry_run = output.push_to_hub, output.hub_dry_run
@@ -715,7 +754,11 @@ def run_defense(
         reinverted, detection = None, None
         check_clips = reinversion_clips(validation if validation is not None else clean)
         if reinversion:  # the suspect's inversion, once for the check and the relapse check's re-inversions
-            detection = invert_classes(model, extractor, check_clips, detection_settings())
+            if suspect_measurements.detection is None:
+                suspect_measurements.detection = invert_classes(
+                    model, extractor, check_clips, detection_settings()
+                )
+            detection = suspect_measurements.detection
             reinverted = reinversion_check(model, defended, extractor, check_clips, detection=detection)
             reinverted["clips_from"] = (
                 clean_args.validation_split if validation is not None else "clean subset"
@@ -729,9 +772,12 @@ def run_defense(
                                      config=relapse)  # fmt: skip
         retuned = None
         if retuning is not None and measured:
+            if suspect_measurements.retuned_before is None:
+                suspect_measurements.retuned_before = retuning_attack(
+                    model, extractor, clean, triggered_with, target, test, triggered, retuning
+                ).metrics.to_dict()
             retuned = {
-                "before": retuning_attack(model, extractor, clean, triggered_with, target, test, triggered,
-                                          retuning).metrics.to_dict(),
+                "before": suspect_measurements.retuned_before,
                 "after": retuning_attack(defended, extractor, clean, triggered_with, target, test, triggered,
                                          retuning).metrics.to_dict(),
                 "settings": retuning.to_dict(),
@@ -793,7 +839,8 @@ def run_defense(
         if measured
         else "",
     )
-    result = DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record)
+    result = DefenseResult(output_dir=str(output_dir), before=before, after=after, record=record,
+                           suspect_measurements=suspect_measurements)  # fmt: skip
     if main_process and (push_to_hub or hub_dry_run):
         result.push = push_output_dir(output_dir, output.hub_model_id, private=output.hub_private_repo,
                                       token=output.hub_token, dry_run=hub_dry_run)  # fmt: skip

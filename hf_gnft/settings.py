@@ -174,6 +174,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_candidates": COUNT,
     "purify_inversion_clips": COUNT,
     "purify_distillation": FRACTION,
+    "purify_repair_distillation": FRACTION,
     "purify_temperature": POSITIVE,
     "purify_interpolation_step": Range(0, 1, high_open=True),
     "purify_interpolation_weight": OPEN_FRACTION,
@@ -203,6 +204,14 @@ NUMERIC_RANGES: dict[str, Range] = {
     "batch_size": COUNT,
     "scan_max_clips": COUNT,
     "learning_rates": POSITIVE,
+    # benchmark grids and their executors
+    "seeds": SEED,
+    "attack_epochs": POSITIVE,
+    "min_suspect_accuracy": FRACTION,  # 0: the check is off
+    "interpolation_points": Range(2, INF, integer=True, also=(0,)),  # 0: off; a line needs two ends
+    "cpus": NON_NEGATIVE,  # of a Ray task; fractions allowed, as in Ray
+    "gpus": NON_NEGATIVE,
+    "threads": COUNT,
 }
 
 

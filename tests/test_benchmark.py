@@ -139,7 +139,7 @@ def test_an_entry_may_tune_another_field_than_its_methods_knob(tmp_path):
         ({"defenses": {"ft": {"settings": {"gn_alfa": 0.5}}}}, "no setting gn_alfa"),
         ({"defenses": {"clp": {}}}, "cost reference 'ft'"),
         ({"clean_fraction": 0.0}, r"\(0, 1\]"),
-        ({"min_suspect_accuracy": 1.5}, r"min_suspect_accuracy must be in \[0, 1\]"),
+        ({"min_suspect_accuracy": 1.5}, r"min_suspect_accuracy must be a finite number in \[0, 1\]"),
         ({"data": {"sizes": 3}}, "data: unknown keys sizes"),
         ({"interpolation_points": 1}, "interpolation_points"),
         ({"relapse_settings": {"learning_rates": [0.0]}}, "relapse_settings"),

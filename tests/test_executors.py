@@ -69,8 +69,11 @@ def without_cost(table: str) -> str:
     [
         ({"executor": "dask"}, "known executors are serial, ray"),
         ({"resources": {"cells": {"cpus": 1}}}, "unknown keys cells"),
-        ({"resources": {"cell": {"cpus": float("nan")}}}, "cpus must be a number"),
-        ({"resources": {"cell": {"gpus": -1}}}, "gpus must be finite and >= 0"),
+        (
+            {"resources": {"cell": {"cpus": float("nan")}}},
+            "resources: cpus must be a finite number >= 0, got nan",
+        ),
+        ({"resources": {"cell": {"gpus": -1}}}, "resources: gpus must be a finite number >= 0"),
         ({"resources": {"cell": {"cpus": 0}}}, "at least some CPU or GPU"),
         ({"resources": {"cell": {"memory": 4}}}, "mapping of cpus and gpus"),
         ({"resources": {"threads": 0}}, "threads must be an integer >= 1"),

@@ -262,7 +262,9 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
     planted = planted_backdoor
     config = PurifyConfig(output_dir=str(tmp_path / "p"), num_train_epochs=5, learning_rate=0.05, purify_mix_ratio=1.0,
                           purify_window_s=0.08, purify_level_db=-10.0, purify_repair_epochs=3,
-                          purify_repair_learning_rate=0.01, **TRAINING)  # fmt: skip
+                          purify_repair_learning_rate=0.01, purify_repair_distillation=0.5,
+                          purify_distillation_hides_target=True, **TRAINING)  # fmt: skip
+    suspect_weights = {key: value.clone() for key, value in planted.model.state_dict().items()}
     outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
     assert outcome.info["targets"] == [planted.target]
     # the burst at every start, unlearned in one round (purify_shape_rounds): no re-inversion during training
@@ -271,7 +273,10 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
         "steps": 6,
         "learning_rate": 0.01,
         "epochs": 3,
+        "distillation": 0.5,  # taught by the suspect too, its leaning to the target left out
     }  # 32 clips, batches of 16
+    for key, value in planted.model.state_dict().items():  # the teacher is the suspect, untouched
+        torch.testing.assert_close(value, suspect_weights[key])
     assert outcome.info["seconds"]["repair"] > 0
     assert metrics(planted, outcome.model).attack_success_rate <= 0.2
     with pytest.raises(ValueError, match="purify_repair_epochs"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from testing_utils import DEFEND_FAST, RECIPE_DATA, RECIPE_FAST
@@ -12,6 +13,7 @@ from testing_utils import DEFEND_FAST, RECIPE_DATA, RECIPE_FAST
 from hf_gnft.defenses import DEFENSE_METHODS
 from hf_gnft.models import SuspectNotFoundError
 from hf_gnft.scripts import defend as defend_recipe
+from hf_gnft.training import evaluate_backdoor
 
 #: The fewest steps each method can take, so that every method runs in seconds.
 FAST_SETTINGS = {
@@ -268,3 +270,47 @@ def test_a_real_search_run_again_reuses_every_finished_candidate(recipe_suspect,
     assert runs == [1e-6, 1e-5]  # the real records match what the search expects: nothing ran again
     assert again["after"] == first["after"] and again["knob_search"]["chosen"] == 1e-5
     monkeypatch.undo()
+
+
+@pytest.mark.parametrize("reinversion", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_the_suspects_measurements_are_shared_between_defenses_of_the_same_suspect(
+    recipe_suspect, tmp_path, reinversion
+):
+    """`make demo` measures the suspect once for three defenses: the second run reuses the first's measurements
+    (its metrics, its retuning and, with the re-inversion check, its inversion of every class); measurements of
+    other data are refused before anything is written."""
+    from hf_gnft.data.arguments import CleanDataArguments, DataArguments
+    from hf_gnft.defenses import FTConfig
+    from hf_gnft.pipeline import SuspectModelArguments, run_defense
+    from hf_gnft.retuning import retuning_attack
+
+    data = DataArguments(synthetic_train_size=160, synthetic_validation_size=40, synthetic_test_size=40)
+    clean = CleanDataArguments(clean_count=16)
+
+    def run(name, measured=None, **settings):
+        config = FTConfig(output_dir=str(tmp_path / name), max_steps=1, per_device_train_batch_size=8,
+                          disable_tqdm=True, **settings)  # fmt: skip
+        return run_defense(data, clean, SuspectModelArguments(model=str(recipe_suspect)), config, relapse=None,
+                           reinversion=reinversion, suspect_measurements=measured)  # fmt: skip
+
+    first = run("first")
+    measured = first.suspect_measurements
+    assert measured.retuned_before is not None and (measured.detection is not None) == reinversion
+    with (
+        patch("hf_gnft.pipeline.invert_classes", side_effect=AssertionError("measured again")),
+        patch("hf_gnft.pipeline.evaluate_backdoor", wraps=evaluate_backdoor) as evaluated,
+        patch("hf_gnft.pipeline.retuning_attack", wraps=retuning_attack) as retuned,
+    ):
+        second = run("second", measured, learning_rate=0.05)
+    assert retuned.call_count == 1  # the defended model's; the suspect's is reused
+    assert evaluated.call_count == 2  # the defended model on the test and validation splits, not the suspect
+    assert second.record["before"] == first.record["before"]
+    assert second.record["retuning"]["before"] == first.record["retuning"]["before"]
+    if reinversion:
+        assert second.record["reinversion"]["suspect"] == first.record["reinversion"]["suspect"]
+    other = CleanDataArguments(clean_count=16, clean_seed=7)
+    with pytest.raises(ValueError, match="another suspect, data or retuning setting"):
+        run_defense(data, other, SuspectModelArguments(model=str(recipe_suspect)),
+                    FTConfig(output_dir=str(tmp_path / "other"), max_steps=1, disable_tqdm=True), relapse=None,
+                    suspect_measurements=measured)  # fmt: skip
+    assert not (tmp_path / "other").exists()

@@ -299,6 +299,34 @@ class FixedLogits(nn.Module):
         return SimpleNamespace(logits=input_values)
 
 
+class TeacherLogits(nn.Module):
+    """A stand-in teacher (with a parameter, as models have) whose logits are its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_values, **_):
+        return SimpleNamespace(logits=input_values)
+
+
+def test_the_teacher_hides_its_leaning_to_the_suspected_target_on_other_classes_clips():
+    logits = torch.tensor([[2.0, 5.0, -1.0], [0.1, 3.0, 0.2], [1.0, 4.0, 1.0]])
+    labels = torch.tensor([0, 1, 2])
+    state = SimpleNamespace(
+        teacher=TeacherLogits(), teacher_hides=[1], args=SimpleNamespace(device=torch.device("cpu"))
+    )
+    taught = PurifyTrainer._teacher_logits(state, {"input_values": logits, "labels": labels})
+    expected = logits.clone()
+    expected[0, 1], expected[2, 1] = -1.0 - 20.0, 1.0 - 20.0  # 20 below the row's smallest
+    torch.testing.assert_close(taught, expected)  # a clip of the target class keeps the teacher's answer
+    assert taught[[0, 2]].softmax(-1)[:, 1].max() < 1e-8
+    state.teacher_hides = []
+    torch.testing.assert_close(
+        PurifyTrainer._teacher_logits(state, {"input_values": logits, "labels": labels}), logits
+    )
+
+
 def test_the_unlearning_losses_match_their_formulas():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 3.0, 0.2], [1.0, 1.0, 1.0]])
     labels = torch.tensor([0, 2, 1])

@@ -22,7 +22,9 @@ from hf_gnft import (
     SuspectModelArguments,
 )
 from hf_gnft.analysis import AnalysisArguments
+from hf_gnft.benchmark import BenchmarkConfig
 from hf_gnft.defenses import DEFENSE_METHODS, ORACLE_METHODS
+from hf_gnft.executors import ExecutorSettings, TaskResources
 from hf_gnft.lasting import RelapseConfig
 from hf_gnft.scripts.push import PushArguments
 from hf_gnft.settings import NUMERIC_RANGES, Range, check_numeric_settings
@@ -30,14 +32,16 @@ from hf_gnft.settings import NUMERIC_RANGES, Range, check_numeric_settings
 ARGUMENT_CLASSES = [
     KeywordTrainingArguments, DataArguments, CleanDataArguments, AttackArguments, ModelArguments,
     SuspectModelArguments, DefenseArguments, OutputArguments, RetuningConfig, RelapseConfig, AnalysisArguments,
-    PushArguments,
+    PushArguments, BenchmarkConfig, ExecutorSettings, TaskResources,
 ]  # fmt: skip
 CONFIG_CLASSES = sorted(
     {method.config_class for method in [*DEFENSE_METHODS.values(), *ORACLE_METHODS.values()]},
     key=lambda c: c.__name__,
 )
 CLASSES = [*CONFIG_CLASSES, *ARGUMENT_CLASSES]
-REQUIRED = {"output_dir": "/tmp/hf-gnft-settings-test", "folder": "outputs/x", "hub_model_id": "me/x"}
+REQUIRED = {
+    "output_dir": "/tmp/hf-gnft-settings-test", "folder": "outputs/x", "hub_model_id": "me/x", "defenses": {"ft": {}},
+}  # fmt: skip
 
 
 def numeric_fields(cls: type) -> list[str]:

@@ -123,6 +123,15 @@ class PurifyConfig(DefenseConfig):
             (validation −6.4), 10.6 / 21.7%, 7.1%. Not after the GN-FT fallback.
         purify_repair_learning_rate (`float`, *optional*, defaults to `0.01`):
             The repair's learning rate (the FT defense's).
+        purify_repair_distillation (`float`, *optional*, defaults to `0.8`):
+            Weight w of a distillation from the frozen suspect during the repair: each clean clip's loss becomes
+            (1 − w) · CE(true label) + w · T² · KL(suspect(clip) ‖ model(clip)), the suspect's leaning to the
+            suspected target left out (`purify_distillation_hides_target`). The suspect answers clean clips well,
+            and its soft answers carry more than the 200 labels do; no clip carries a trigger. Measured on the
+            small grid's tiny Wav2Vec2 noise-burst suspect (seed 0, docs/lasting.md): validation −1.8 against −2.8
+            without it (CA / ASR 96.7 / 4.1%, relapse 6.4 / 10.9%, retuned 25.3% against 21.2%); on its tone
+            suspect −3.2 against −4.2, with relapse 1.6 / 1.8% and 1.8% retuned. Without hiding the target the
+            backdoor came back more (retuned 37.0%).
         purify_burst_every_start (`bool`, *optional*, defaults to `True`):
             The burst surrogate is one pattern at every window start (every 0.05 s, each copy carrying one in turn),
             not one pattern where the search points. A backdoor keyed to a sound at one place is not found by the
@@ -182,12 +191,17 @@ class PurifyConfig(DefenseConfig):
             The loss of a triggered copy: `"true_label"`, cross-entropy on its true label (I-BAU's, BTI-DBF(U)'s);
             `"avoid_target"`, −log(1 − p(target)): only stop answering the suspected target. Measured on the tiny
             Wav2Vec2 noise-burst suspect (seed 0, lr 0.01): 92.7 / 0.0 against 92.0 / 0.4 (CA / ASR %), no gain.
-        purify_distillation (`float`, *optional*, defaults to `0.0`):
-            Weight w of a distillation from the frozen suspect: each row's loss becomes (1 − w) · its objective +
-            w · T² · KL(suspect(the row's clean clip) ‖ model(row)). Measured on the same suspect: w 0.5, 0.7,
-            0.9, 0.95 gave 92.3 / 1.5, 92.0 / 0.0, 95.0 / 16.0, 93.7 / 2.6 (benchmarks/purify_probe.py).
+        purify_distillation (`float`, *optional*, defaults to `0.5`):
+            Weight w of a distillation from the frozen suspect while unlearning: each row's loss becomes (1 − w) ·
+            its objective + w · T² · KL(suspect(the row's clean clip) ‖ model(row)). On `make demo`'s suspect of
+            the time 0.5 cut the validation drop from −2.6 to −1.6 (docs/lasting.md); on the grid's noise-burst
+            suspect from −3.2 to −2.8.
         purify_temperature (`float`, *optional*, defaults to `2.0`):
             The distillation's temperature T.
+        purify_distillation_hides_target (`bool`, *optional*, defaults to `True`):
+            Both distillations (`purify_distillation`, `purify_repair_distillation`) leave out the suspect's answer
+            for the suspected target on clips of other classes: its logit there is set 20 below the clip's
+            smallest, so the suspect's leaning to the target is not what the model is taught.
         purify_interpolation_step (`float`, *optional*, defaults to `0.0`):
             With a step > 0, after unlearning the weights walk back towards the suspect's, θ = θ_suspect + w ·
             (θ_purified − θ_suspect) for w = 1 − step, 1 − 2 · step, ..., as long as a fresh inversion of each
@@ -240,6 +254,13 @@ class PurifyConfig(DefenseConfig):
     )
     purify_repair_learning_rate: float = field(
         default=0.01, metadata={"help": "The repair fine-tune's learning rate (the FT defense's)."}
+    )
+    purify_repair_distillation: float = field(
+        default=0.8,
+        metadata={
+            "help": "Weight of the distillation from the frozen suspect's outputs on the clean clips during the "
+            "repair (0: plain cross-entropy)."
+        },
     )
     purify_burst_every_start: bool = field(
         default=True,
@@ -302,10 +323,17 @@ class PurifyConfig(DefenseConfig):
         default=128, metadata={"help": "Clean clips the inversions use (drawn with seed)."}
     )
     purify_distillation: float = field(
-        default=0.0,
+        default=0.5,
         metadata={
             "help": "Weight of the distillation from the frozen suspect's outputs on each row's clean clip "
             "(0: plain cross-entropy)."
+        },
+    )
+    purify_distillation_hides_target: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether the distillations leave out the suspect's answer for the suspected target on clips of "
+            "other classes (its leaning to the target is not taught)."
         },
     )
     purify_objective: str = field(
@@ -367,9 +395,10 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(f"purify_unlearn must be 'flagged' or 'all', got {self.purify_unlearn!r}")
         if self.purify_objective not in OBJECTIVES:
             raise ValueError(f"purify_objective must be one of {OBJECTIVES}, got {self.purify_objective!r}")
-        weight = self.purify_distillation
-        if not (is_finite_number(weight) and 0 <= weight <= 1):
-            raise ValueError(f"purify_distillation must be in [0, 1], got {weight!r}")
+        for name in ("purify_distillation", "purify_repair_distillation"):
+            weight = getattr(self, name)
+            if not (is_finite_number(weight) and 0 <= weight <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {weight!r}")
         temperature = self.purify_temperature
         if not (is_finite_number(temperature) and temperature > 0):
             raise ValueError(f"purify_temperature must be a finite number > 0, got {temperature!r}")
@@ -502,6 +531,8 @@ class PurifyTrainer(GNFTTrainer):
         sampling_rate: the input's sampling rate.
         initial_triggers: (target, family) -> a trigger already inverted against the model as it is at step 0 with
             `settings` (the detection's refinement), used for the first round instead of inverting it again.
+        teacher_hides: classes whose logit the teacher's answer leaves out (20 below the row's smallest) on rows of
+            other classes.
         teacher: the frozen suspect; with `distillation` > 0 the loss of every row is
             `(1 − distillation) · CE(true label) + distillation · T² · KL(teacher(clean clip) ‖ model(row))` at
             temperature `temperature`: a triggered copy is taught to answer as the suspect answers the clip
@@ -522,10 +553,12 @@ class PurifyTrainer(GNFTTrainer):
         distillation: float = 0.0,
         temperature: float = 2.0,
         objective: str = "true_label",
+        teacher_hides: list[int] | tuple[int, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.teacher_hides = list(teacher_hides)
         self.teacher = teacher if distillation > 0 else None
         self.distillation = float(distillation)
         self.temperature = float(temperature)
@@ -611,8 +644,12 @@ class PurifyTrainer(GNFTTrainer):
         self.teacher.eval()
         with torch.no_grad():
             features = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
-            logits = self.teacher(**features).logits.detach()
+            logits = self.teacher(**features).logits.detach().clone()
         self.teacher.train(training)
+        labels = inputs["labels"].to(logits.device)
+        for target in self.teacher_hides:  # the suspect's leaning to a suspected target is not taught
+            rows = labels != target
+            logits[rows, target] = logits[rows].min(dim=-1).values - 20.0
         return logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -911,6 +948,7 @@ def apply_purify(
             distillation=config.purify_distillation,
             temperature=config.purify_temperature,
             objective=config.purify_objective,
+            teacher_hides=targets if config.purify_distillation_hides_target else [],
         )
         info["rounds"] = trainer.round_log
         if config.purify_interpolation_step > 0:
@@ -939,9 +977,20 @@ def apply_purify(
         repair.learning_rate = config.purify_repair_learning_rate
         repair.num_train_epochs = config.purify_repair_epochs
         repair.max_steps, repair.resume_from_checkpoint = -1, None
-        repaired = fine_tune(defended, extractor, clean, repair, trainer_class=GNFTTrainer)
+        if (
+            config.purify_repair_distillation > 0
+        ):  # no marked rows: a clean fine-tune taught by the suspect too
+            repaired = fine_tune(defended, extractor, clean, repair, trainer_class=PurifyTrainer,
+                                 data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
+                                 settings=config.inversion_settings(), rounds=1, teacher=model,
+                                 distillation=config.purify_repair_distillation,
+                                 temperature=config.purify_temperature,
+                                 teacher_hides=targets if config.purify_distillation_hides_target else [])  # fmt: skip
+        else:
+            repaired = fine_tune(defended, extractor, clean, repair, trainer_class=GNFTTrainer)
         info["repair"] = {"steps": repaired.state.global_step, "learning_rate": repair.learning_rate,
-                          "epochs": repair.num_train_epochs}  # fmt: skip
+                          "epochs": repair.num_train_epochs,
+                          "distillation": config.purify_repair_distillation}  # fmt: skip
         seconds["repair"] = time.perf_counter() - repair_started
     seconds["training"] = (
         time.perf_counter()
