@@ -254,7 +254,11 @@ def train_clean_reference(model: str, output_dir: str, seed: int, epochs: float)
         None,
         ModelArguments(model=model),
         KeywordTrainingArguments(
-            output_dir=output_dir, seed=seed, disable_tqdm=True, overwrite_output_dir=True
+            output_dir=output_dir,
+            seed=seed,
+            num_train_epochs=epochs,
+            disable_tqdm=True,
+            overwrite_output_dir=True,
         ),
     )
     return result.output_dir, result.metrics["train_seconds"]
