@@ -2,21 +2,22 @@
 
 1. renders the synthetic keyword corpus (eSpeak NG, speaker-disjoint splits);
 2. plants a noise-burst backdoor in a tiny Wav2Vec2 (10% dirty-label poisoning, target "yes"; 8 epochs), while a
-   second process trains the same model on the same data without poisoning (the reference of step 5);
+   second process trains the same model on the same data without poisoning (15 epochs; the reference of step 5);
 3. scans it from clean validation clips (`hf-gnft scan`: no trigger needed) and prints the verdict;
 4. cleans it with plain fine-tuning (FT), with GN-FT and with purification (`--defense purify`: the trigger
    inverted from clean data, shaped like a real audio trigger, and unlearned with GN-FT), all on the same 5% clean
    subset and number of optimizer steps;
-5. checks that the backdoor stayed gone: each defended model is fine-tuned again on the clean subset alone (the
-   relapse check, at the FT defense's learning rate and 5x it) and retuned with 5 triggered clips (the retuning
-   check), beside the same retuning of the model trained without poisoning (the reference);
+5. checks that the backdoor stayed gone: purify's model is fine-tuned again on the clean subset alone (the relapse
+   check, at the FT defense's learning rate and 5x it; FT and GN-FT leave the backdoor in place, so there is
+   nothing for it to bring back), and each defended model is retuned with 5 triggered clips (the retuning check),
+   beside the same retuning of the model trained without poisoning (the reference);
 6. prints a table of clean accuracy (CA), attack success rate (ASR), robust accuracy (RA), DER, the re-inversion
    check (how easily a fresh inversion from clean clips still reaches the suspected target), and the ASR after the
    relapse and retuning checks.
 
 Two processes of one thread each share the work (these tiny models do not keep two threads busy): the second
-trains the reference while the first trains the backdoored model, then purifies while the first runs FT and GN-FT
-(which share the suspect's own measurements: before, its inversion of every class, its retuning).
+trains the reference while the first trains the backdoored model, then runs FT and GN-FT (which share the suspect's
+own measurements: before, its inversion of every class, its retuning) while the first scans and purifies.
 
     hf-gnft demo --output_dir outputs/demo       # or: python recipes/demo.py ...
 """
@@ -46,8 +47,9 @@ from hf_gnft.retuning import RetuningConfig, retuning_attack
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.training import evaluate_backdoor
 
-#: The demo trains its two models for fewer epochs than `hf-gnft attack` (15) so that `make demo` fits in minutes:
-#: on 2 cores, 8 epochs gave CA 95.0 / ASR 91.7% in 104 s, 15 epochs 98.0 / 91.9% in 176 s.
+#: The demo trains its backdoored model for fewer epochs than `hf-gnft attack` (15) so that `make demo` fits in
+#: minutes: on 2 cores, 8 epochs gave CA 95.0 / ASR 91.7% in 104 s, 15 epochs 98.0 / 91.9% in 176 s. The reference
+#: keeps 15: trained without poisoning for 8 it reached 78.1% CA.
 DEMO_ATTACK_EPOCHS = 8.0
 
 
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--model", default="tiny-wav2vec2")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--reference_epochs",
+        type=float,
+        default=15.0,
+        help="epochs of the model trained without poisoning (the attack recipe's default: at 8 it reached 78% CA)",
+    )
     parser.add_argument(
         "--attack_epochs",
         type=float,
@@ -138,7 +146,11 @@ def main(argv: list[str] | None = None) -> str:
         reference = None
         if args.clean_reference:
             reference = helper.submit(
-                train_clean_reference, args.model, str(out / "trained-clean"), args.seed, args.attack_epochs
+                train_clean_reference,
+                args.model,
+                str(out / "trained-clean"),
+                args.seed,
+                args.reference_epochs,
             )
         attack = run_attack(
             DataArguments(),
@@ -152,33 +164,23 @@ def main(argv: list[str] | None = None) -> str:
                 overwrite_output_dir=True,
             ),
         )
-        purify_rate = args.purify_learning_rate or PurifyConfig.learning_rate
-        purified = helper.submit(
-            defense_row,
-            "purify",
-            PurifyConfig,
-            purify_rate,
-            attack.output_dir,
-            str(out),
-            args.seed,
-            threads=1,
+        # FT and GN-FT (the same clean subset and number of steps) in the helper, after the reference
+        baselines = helper.submit(
+            baseline_rows, args.learning_rate, attack.output_dir, str(out), args.seed, threads=1
         )
         model, extractor = load_suspect_model(attack.output_dir)
         scan = scan_model(model, extractor, DataArguments().load(16_000)["validation"], progress=False)
         print(f"\nScan of the backdoored model (clean validation clips, no trigger): {scan.verdict}\n")
         rows = [{"name": "backdoored", "metrics": attack.metrics, "seconds": attack.metrics["train_seconds"]}]
         summary = {"backdoored": attack.metrics, "scan": scan.to_dict()}
-        measured = None  # the suspect's own measurements, taken once for FT and GN-FT
-        for name, config_class in (
-            ("FT", FTConfig),
-            ("GN-FT", DefenseConfig),
-        ):  # the same clean subset and steps
-            row, summary[name], measured = defense_row(
-                name, config_class, args.learning_rate, attack.output_dir, str(out), args.seed, measured
-            )
+        purify_rate = args.purify_learning_rate or PurifyConfig.learning_rate
+        purify_row, summary["purify"], _ = defense_row(
+            "purify", PurifyConfig, purify_rate, attack.output_dir, str(out), args.seed
+        )
+        for name, (row, record) in zip(("FT", "GN-FT"), baselines.result(), strict=True):
             rows.append(row)
-        row, summary["purify"], _ = purified.result()
-        rows.append(row)
+            summary[name] = record
+        rows.append(purify_row)
         rows[0]["reinversion"] = (summary["purify"]["reinversion"] or {}).get("max_success_before")
         rows[0]["retuned"] = summary["purify"]["retuning"]["before"]["attack_success_rate"]
         torch.set_num_threads(threads)
@@ -209,15 +211,10 @@ def defense_row(
     out: str,
     seed: int,
     measured: SuspectMeasurements | None = None,
-    threads: int | None = None,
-) -> tuple[dict, dict, SuspectMeasurements | None]:
-    """Run one defense of the demo on the suspect with its checks; returns its table row, its record (without the
-    training log) and the suspect's measurements to share (`None` in the helper process, which passes `threads`)."""
-    if threads is not None:  # in the helper process
-        torch.set_num_threads(threads)
-        logging.basicConfig(
-            format=f"%(asctime)s %(levelname)s %(name)s [{name}]: %(message)s", level=logging.INFO
-        )
+    relapse: bool = True,
+) -> tuple[dict, dict, SuspectMeasurements]:
+    """Run one defense of the demo on the suspect with its checks (the relapse check with `relapse`); returns its
+    table row, its record (without the training log) and the suspect's measurements to share."""
     clean = CleanDataArguments()
     result = run_defense(
         DataArguments(),
@@ -231,7 +228,7 @@ def defense_row(
             overwrite_output_dir=True,  # the demo starts again each time
         ),
         # the table shows CA / ASR after the clean fine-tunes, not their re-inversions
-        relapse=RelapseConfig(seed=clean.clean_seed, reinversion=False),
+        relapse=RelapseConfig(seed=clean.clean_seed, reinversion=False) if relapse else None,
         suspect_measurements=measured,
     )
     record = result.record
@@ -239,15 +236,31 @@ def defense_row(
            "reinversion": (record["reinversion"] or {}).get("max_success_after"), "relapse": relapse_asrs(record),
            "retuned": record["retuning"]["after"]["attack_success_rate"], "seconds": record["train_seconds"]}  # fmt: skip
     entry = {key: value for key, value in record.items() if key != "log_history"}
-    return row, entry, (result.suspect_measurements if threads is None else None)
+    return row, entry, result.suspect_measurements
+
+
+def baseline_rows(learning_rate: float, suspect_dir: str, out: str, seed: int, threads: int = 1) -> list:
+    """FT and GN-FT in the helper process (`threads` torch threads), sharing the suspect's measurements; no relapse
+    check: both leave the backdoor in place (80–88% ASR), so there is nothing for a clean fine-tune to bring back.
+    Returns each one's (row, record)."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s [FT, GN-FT]: %(message)s", level=logging.INFO,
+                        force=True)  # fmt: skip
+    rows, measured = [], None
+    for name, config_class in (("FT", FTConfig), ("GN-FT", DefenseConfig)):
+        row, record, measured = defense_row(
+            name, config_class, learning_rate, suspect_dir, out, seed, measured, relapse=False
+        )
+        rows.append((row, record))
+    return rows
 
 
 def train_clean_reference(model: str, output_dir: str, seed: int, epochs: float) -> tuple[str, float]:
-    """Train `model` on the same data without poisoning, with the backdoored model's budget (in the reference's
-    process, one thread); returns its folder and training seconds."""
+    """Train `model` on the same data without poisoning for `epochs` (in the helper process, one thread); returns its
+    folder and training seconds."""
     torch.set_num_threads(1)
     logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s [reference]: %(message)s", level=logging.INFO
+        format="%(asctime)s %(levelname)s %(name)s [reference]: %(message)s", level=logging.INFO, force=True
     )
     result = run_attack(
         DataArguments(),
