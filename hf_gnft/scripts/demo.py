@@ -1,8 +1,8 @@
 """The main job end to end on the embedded default data (`make demo`).
 
 1. renders the synthetic keyword corpus (eSpeak NG, speaker-disjoint splits);
-2. plants a noise-burst backdoor in a tiny Wav2Vec2 (10% dirty-label poisoning, target "yes"; 8 epochs), while a
-   second process trains the same model on the same data without poisoning (15 epochs; the reference of step 5);
+2. plants a noise-burst backdoor in a tiny Wav2Vec2 (10% dirty-label poisoning, target "yes"), while a second
+   process trains the same model on the same data without poisoning (the reference of step 5);
 3. scans it from clean validation clips (`hf-gnft scan`: no trigger needed) and prints the verdict;
 4. cleans it with plain fine-tuning (FT), with GN-FT and with purification (`--defense purify`: the trigger
    inverted from clean data, shaped like a real audio trigger, and unlearned with GN-FT), all on the same 5% clean
@@ -47,10 +47,10 @@ from hf_gnft.retuning import RetuningConfig, retuning_attack
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.training import evaluate_backdoor
 
-#: The demo trains its backdoored model for fewer epochs than `hf-gnft attack` (15) so that `make demo` fits in
-#: minutes: on 2 cores, 8 epochs gave CA 95.0 / ASR 91.7% in 104 s, 15 epochs 98.0 / 91.9% in 176 s. The reference
-#: keeps 15: trained without poisoning for 8 it reached 78.1% CA.
-DEMO_ATTACK_EPOCHS = 8.0
+#: The demo's models train for `hf-gnft attack`'s 15 epochs. Fewer would save minutes but give a model that is
+#: not what a user gets: at 8 epochs the backdoored model reached 90.4–95.0% CA over three runs (15: 98.0%), the
+#: model without poisoning 78.1%, and purify on the 90.4% one left 8.1% ASR and relapsed to 18%.
+DEMO_ATTACK_EPOCHS = 15.0
 
 
 def format_table(rows: list[dict]) -> str:
@@ -93,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference_epochs",
         type=float,
-        default=15.0,
-        help="epochs of the model trained without poisoning (the attack recipe's default: at 8 it reached 78% CA)",
+        default=DEMO_ATTACK_EPOCHS,
+        help="epochs of the model trained without poisoning",
     )
     parser.add_argument(
         "--attack_epochs",
         type=float,
         default=DEMO_ATTACK_EPOCHS,
-        help="epochs of the backdoored model's training and of the reference's (the attack recipe's default is 15)",
+        help="epochs of the backdoored model's training",
     )
     parser.add_argument("--learning_rate", type=float, default=0.05, help="FT and GN-FT learning rate (SGD)")
     parser.add_argument(
