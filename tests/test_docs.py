@@ -91,7 +91,9 @@ def test_every_relative_link_resolves(path):
 
 
 def _commands(text: str) -> list[str]:
-    """Every `hf-gnft ...` command: lines of code blocks (continuations joined) and inline code spans."""
+    """Every `hf-gnft ...` command: lines of code blocks (continuations joined) and inline code spans, outside the
+    generated blocks (a report's output may name a command in a sentence)."""
+    text = re.sub(r"<!-- generated: .*?<!-- /generated -->", "", text, flags=re.DOTALL)
     commands = []
     for language, block in re.findall(r"```([a-z]*)\n(.*?)```", text, flags=re.DOTALL):
         if language not in ("", "bash", "sh", "shell"):  # ```text: output, not a command
