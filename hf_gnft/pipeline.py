@@ -327,7 +327,7 @@ class SuspectMeasurements:
     """What `run_defense` measures on the suspect itself, the same for every defense of the same suspect on the
     same data: CA / ASR / RA and validation accuracy before, the suspect's inversion of every class (the
     re-inversion checks' detection) and its retuning check. Pass `DefenseResult.suspect_measurements` to the next
-    `run_defense` of that suspect to measure them once (`make demo` runs three defenses).
+    `run_defense` of that suspect to measure them once (`make demo`'s FT and GN-FT do).
 
     Args:
         key: what they were measured on (the suspect's provenance, the data's fingerprint, the retuning settings).
@@ -705,7 +705,8 @@ def run_defense(
     )
     target = spec.target_label if measured else None
     validation = dataset.get(clean_args.validation_split) if clean_args.validation_split else None
-    key = json.dumps([provenance.to_dict(), data_fingerprint(clean, test, validation),
+    fingerprint = data_fingerprint(clean, test, validation)
+    key = json.dumps([provenance.to_dict(), fingerprint,
                       retuning.to_dict() if retuning is not None and measured else None,
                       spec.to_dict() if measured else None, trigger is not None], sort_keys=True, default=str)  # fmt: skip
     if suspect_measurements is not None and suspect_measurements.key != key:
@@ -806,7 +807,7 @@ def run_defense(
             "attack": spec.to_dict() if spec else None,
             "clean_data": asdict(clean_args),
             "data_args": shareable_data_args(data_args),
-            "data_fingerprint": data_fingerprint(clean, test, validation),
+            "data_fingerprint": fingerprint,
             "gn": {key: value for key, value in settings.items() if key.startswith("gn_")},
             "optim": {key: settings[key] for key in OPTIMIZER_KEYS if key in settings}
             if method.trains

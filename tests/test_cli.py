@@ -90,6 +90,14 @@ def test_arguments_after_the_subcommand_reach_the_recipe(monkeypatch):
         (["defend", "--defense", "gn-ft", "--anp_threshold", "0.3"], "--anp_threshold is a setting of anp"),
         (["defend", "--defense", "dask"], "unknown defense 'dask'"),
         (["attack", "--poison_rate", "1.5"], "poison_rate"),
+        (
+            ["demo", "--attack_epochs", "nan"],
+            "--attack_epochs: num_train_epochs must be a finite number > 0, got nan",
+        ),
+        (
+            ["demo", "--reference_epochs", "0"],
+            "--reference_epochs: num_train_epochs must be a finite number > 0",
+        ),
     ],
 )
 def test_a_settings_error_is_one_line_with_exit_status_2_and_no_output(argv, message, tmp_path, capsys):

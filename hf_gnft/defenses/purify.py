@@ -902,6 +902,8 @@ def apply_purify(
     plan = unlearning_plan(
         refined, targets, config, supported_families(defended, config.purify_families), shaped
     )
+    # the classes whose logit the distillations' teacher leaves out
+    hidden = targets if config.purify_distillation_hides_target else []
     info: dict[str, Any] = {
         "defense": DEFENSE_NAME,
         "detection": detection.describe(),
@@ -948,7 +950,7 @@ def apply_purify(
             distillation=config.purify_distillation,
             temperature=config.purify_temperature,
             objective=config.purify_objective,
-            teacher_hides=targets if config.purify_distillation_hides_target else [],
+            teacher_hides=hidden,
         )
         info["rounds"] = trainer.round_log
         if config.purify_interpolation_step > 0:
@@ -984,8 +986,7 @@ def apply_purify(
                                  data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
                                  settings=config.inversion_settings(), rounds=1, teacher=model,
                                  distillation=config.purify_repair_distillation,
-                                 temperature=config.purify_temperature,
-                                 teacher_hides=targets if config.purify_distillation_hides_target else [])  # fmt: skip
+                                 temperature=config.purify_temperature, teacher_hides=hidden)  # fmt: skip
         else:
             repaired = fine_tune(defended, extractor, clean, repair, trainer_class=GNFTTrainer)
         info["repair"] = {"steps": repaired.state.global_step, "learning_rate": repair.learning_rate,

@@ -36,6 +36,7 @@ import torch
 
 from hf_gnft.analysis import scan_model
 from hf_gnft.attack import ATTACK_SPEC_FILE, AttackArguments, ModelArguments, run_attack
+from hf_gnft.cli import SettingsError
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
 from hf_gnft.defenses import DefenseConfig, FTConfig, PurifyConfig
 from hf_gnft.lasting import RelapseConfig
@@ -47,10 +48,10 @@ from hf_gnft.retuning import RetuningConfig, retuning_attack
 from hf_gnft.trainer_args import KeywordTrainingArguments
 from hf_gnft.training import evaluate_backdoor
 
-#: The demo's models train for `hf-gnft attack`'s 15 epochs. Fewer would save minutes but give a model that is
+#: The demo's models train for `hf-gnft attack`'s epochs (15). Fewer would save minutes but give a model that is
 #: not what a user gets: at 8 epochs the backdoored model reached 90.4–95.0% CA over three runs (15: 98.0%), the
 #: model without poisoning 78.1%, and purify on the 90.4% one left 8.1% ASR and relapsed to 18%.
-DEMO_ATTACK_EPOCHS = 15.0
+DEMO_ATTACK_EPOCHS = KeywordTrainingArguments.num_train_epochs
 
 
 def format_table(rows: list[dict]) -> str:
@@ -136,33 +137,21 @@ def main(argv: list[str] | None = None) -> str:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     threads = max(1, min(torch.get_num_threads(), 2))
     out = Path(args.output_dir)
+    suspect_training, reference_training = training_arguments(
+        args, out
+    )  # bad settings fail before any training
     DataArguments().load(16_000)  # renders the corpus once, before the helper process reads it
     # A second process, one thread, works beside this one (these tiny models do not keep two threads busy): it
     # trains the model without poisoning (the retuning check's reference) while this one trains the backdoored
-    # model, then purifies while this one runs FT and GN-FT.
+    # model, then runs FT and GN-FT while this one scans and purifies.
     helper = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     torch.set_num_threads(1)
     try:
         reference = None
         if args.clean_reference:
-            reference = helper.submit(
-                train_clean_reference,
-                args.model,
-                str(out / "trained-clean"),
-                args.seed,
-                args.reference_epochs,
-            )
+            reference = helper.submit(train_clean_reference, args.model, reference_training)
         attack = run_attack(
-            DataArguments(),
-            AttackArguments(),
-            ModelArguments(model=args.model),
-            KeywordTrainingArguments(
-                output_dir=str(out / "backdoored"),
-                seed=args.seed,
-                num_train_epochs=args.attack_epochs,
-                disable_tqdm=True,
-                overwrite_output_dir=True,
-            ),
+            DataArguments(), AttackArguments(), ModelArguments(model=args.model), suspect_training
         )
         # FT and GN-FT (the same clean subset and number of steps) in the helper, after the reference
         baselines = helper.submit(
@@ -255,25 +244,31 @@ def baseline_rows(learning_rate: float, suspect_dir: str, out: str, seed: int, t
     return rows
 
 
-def train_clean_reference(model: str, output_dir: str, seed: int, epochs: float) -> tuple[str, float]:
-    """Train `model` on the same data without poisoning for `epochs` (in the helper process, one thread); returns its
-    folder and training seconds."""
+def training_arguments(
+    args: argparse.Namespace, out: Path
+) -> tuple[KeywordTrainingArguments, KeywordTrainingArguments]:
+    """The backdoored model's and the reference's training settings, checked: a bad `--attack_epochs` or
+    `--reference_epochs` is a one-line error naming the flag, before anything trains."""
+    trainings = []
+    for flag, folder, epochs in (("attack_epochs", "backdoored", args.attack_epochs),
+                                 ("reference_epochs", "trained-clean", args.reference_epochs)):  # fmt: skip
+        try:
+            trainings.append(KeywordTrainingArguments(output_dir=str(out / folder), seed=args.seed,
+                                                      num_train_epochs=epochs, disable_tqdm=True,
+                                                      overwrite_output_dir=True))  # fmt: skip
+        except ValueError as error:
+            raise SettingsError(f"--{flag}: {error}") from None
+    return trainings[0], trainings[1]
+
+
+def train_clean_reference(model: str, training: KeywordTrainingArguments) -> tuple[str, float]:
+    """Train `model` on the same data without poisoning (in the helper process, one thread); returns its folder and
+    training seconds."""
     torch.set_num_threads(1)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s [reference]: %(message)s", level=logging.INFO, force=True
     )
-    result = run_attack(
-        DataArguments(),
-        None,
-        ModelArguments(model=model),
-        KeywordTrainingArguments(
-            output_dir=output_dir,
-            seed=seed,
-            num_train_epochs=epochs,
-            disable_tqdm=True,
-            overwrite_output_dir=True,
-        ),
-    )
+    result = run_attack(DataArguments(), None, ModelArguments(model=model), training)
     return result.output_dir, result.metrics["train_seconds"]
 
 
