@@ -55,6 +55,7 @@ def describe_run(row: dict) -> str:
         "purify_distillation",
         "purify_repair_distillation",
         "purify_distillation_hides_target",
+        "purify_relearn_encoder_steps",
     )  # what changed between the runs
     for key in changed:
         if key in effective:
@@ -67,7 +68,8 @@ def describe_run(row: dict) -> str:
     suspect = (
         f" on {row['suspect']}" if row.get("suspect") not in (None, "backdoored") else ""
     )  # not make demo's
-    return f"{row['defense']}{suspect} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}"
+    variant = f"; {row['variant']}" if row.get("variant") else ""
+    return f"{row['defense']}{suspect} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}{variant}"
 
 
 def report(path: str) -> str:

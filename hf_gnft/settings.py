@@ -179,6 +179,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_interpolation_step": Range(0, 1, high_open=True),
     "purify_interpolation_weight": OPEN_FRACTION,
     "purify_interpolation_tolerance": NON_NEGATIVE,
+    "purify_relearn_encoder_steps": NON_NEGATIVE_INTEGER,
+    "purify_relearn_encoder_learning_rate": POSITIVE,
+    "purify_relearn_encoder_mix": NON_NEGATIVE,
     "oracle_target": NON_NEGATIVE_INTEGER,  # the evaluation-only oracle: the attack's target class
     # data, attack, defense pipeline, checks, analysis
     "synthetic_train_size": COUNT,

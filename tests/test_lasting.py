@@ -11,6 +11,7 @@ import torch
 from testing_utils import sine_dataset
 
 from hf_gnft.defenses import ORACLE_METHODS, get_benchmark_defense, get_defense
+from hf_gnft.defenses.encoder_relearning import feature_encoder
 from hf_gnft.defenses.purify import (
     ExactPurificationConfig,
     PurifyConfig,
@@ -262,6 +263,7 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
     planted = planted_backdoor
     config = PurifyConfig(output_dir=str(tmp_path / "p"), num_train_epochs=5, learning_rate=0.05, purify_mix_ratio=1.0,
                           purify_window_s=0.08, purify_level_db=-10.0, purify_repair_epochs=3,
+                          purify_relearn_encoder_steps=200,
                           purify_repair_learning_rate=0.01, purify_repair_distillation=0.5,
                           purify_distillation_hides_target=True, **TRAINING)  # fmt: skip
     suspect_weights = {key: value.clone() for key, value in planted.model.state_dict().items()}
@@ -279,6 +281,11 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
         torch.testing.assert_close(value, suspect_weights[key])
     assert outcome.info["seconds"]["repair"] > 0
     assert metrics(planted, outcome.model).attack_success_rate <= 0.2
+    # the feature encoder was re-learned first (a fresh one, not the suspect's) and trains again once published
+    assert outcome.info["encoder_relearning"]["steps"] == 200 and outcome.info["seconds"]["relearning"] > 0
+    encoder, suspect_encoder = feature_encoder(outcome.model), feature_encoder(planted.model)
+    assert not torch.equal(encoder.conv_layers[0].conv.weight, suspect_encoder.conv_layers[0].conv.weight)
+    assert all(parameter.requires_grad for parameter in outcome.model.parameters())
     with pytest.raises(ValueError, match="purify_repair_epochs"):
         PurifyConfig(output_dir=str(tmp_path), purify_repair_epochs=float("nan"))
     with pytest.raises(ValueError, match="purify_repair_learning_rate"):

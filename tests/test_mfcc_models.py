@@ -235,7 +235,7 @@ def test_the_recipes_attack_and_defend_an_mfcc_network_like_any_model(mfcc_suspe
         "gn-ft": ["--max_steps", "2"],
         "tsbd": ["--max_steps", "1", "--tsbd_max_unlearning_steps", "2"],
         "purify": ["--max_steps", "2", "--purify_steps", "2", "--purify_detection_steps", "2",
-                   "--purify_detection_threshold", "0"],
+                   "--purify_relearn_encoder_steps", "2", "--purify_detection_threshold", "0"],
     }[defense]  # fmt: skip
     out = tmp_path / defense
     defend_recipe.main(["--defense", defense, "--model", str(mfcc_suspect), "--output_dir", str(out),

@@ -26,6 +26,7 @@ FAST_SETTINGS = {
     "clp": [],
     "tsbd": ["--max_steps", "1", "--tsbd_max_unlearning_steps", "2"],
     "purify": ["--max_steps", "2", "--purify_steps", "2", "--purify_detection_steps", "2",
+               "--purify_relearn_encoder_steps", "2",
                "--purify_max_semitones", "1", "--purify_filter_steps", "1", "--purify_detection_threshold", "0"],
 }  # fmt: skip
 

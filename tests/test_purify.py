@@ -53,9 +53,13 @@ TRAINING = dict(
 )
 
 
+#: the encoder re-learning's steps on the twins (the default 1,500 is sized for 200 one-second clips)
+RELEARN_STEPS = 200
+
+
 def purify_config(tmp_path, **overrides) -> PurifyConfig:
     values = dict(output_dir=str(tmp_path / "purify"), num_train_epochs=5, purify_mix_ratio=1.0,
-                  purify_repair_epochs=0.0, **TRAINING)  # fmt: skip
+                  purify_repair_epochs=0.0, purify_relearn_encoder_steps=RELEARN_STEPS, **TRAINING)  # fmt: skip
     return PurifyConfig(**{**values, **overrides})
 
 
@@ -383,8 +387,8 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     before = backdoor_metrics(planted, planted.model)
     assert before.attack_success_rate == 1.0
     config = purify_config(
-        tmp_path, purify_families=["additive"], purify_shapes=[]
-    )  # the detection's surrogate
+        tmp_path, purify_families=["additive"], purify_shapes=[], purify_relearn_encoder_steps=0
+    )  # the detection's surrogate alone: no encoder re-learning
     outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
     after = backdoor_metrics(planted, outcome.model)
     ft = apply_fine_tuning(
@@ -400,8 +404,9 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     # round 0 takes the refinement's trigger (inverted against the same, unchanged model); later rounds invert
     assert [r["reused"] for r in outcome.info["rounds"]] == [1, 0, 0]
     assert set(outcome.info["seconds"]) == {
-        "detection", "refinement", "shapes", "training", "round_inversions", "interpolation", "repair"
+        "detection", "refinement", "shapes", "relearning", "training", "round_inversions", "interpolation", "repair"
     }  # fmt: skip
+    assert outcome.info["seconds"]["relearning"] == 0.0 and "encoder_relearning" not in outcome.info
     assert outcome.info["shapes"] == [] and "repair" not in outcome.info  # both off here
     assert outcome.info["rounds"][0]["triggers"][0]["success"] >= 0.9
     assert "interpolation" not in outcome.info and outcome.info["seconds"]["interpolation"] == 0.0  # off

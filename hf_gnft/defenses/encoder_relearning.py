@@ -1,0 +1,132 @@
+"""Re-learning a speech model's convolutional feature encoder from clean audio (a stage of purification, issue 26).
+
+A backdoor keyed to one exact waveform (a seeded noise burst) lives mostly in the feature encoder, the convolutions
+that turn samples into frames: on the small grid's tiny Wav2Vec2 noise-burst suspect, other noise bursts of the same
+level at the same place fire on 0.6–2.8% of clips against the trigger's 91%, and no inversion recovers the waveform
+(an inverted pattern reaches the target at a tenth of the trigger's energy with a cosine of 0.03–0.09 to it). So no
+surrogate unlearns it: purify's burst unlearning left 22–53% after retuning where unlearning the true trigger left
+about 1%.
+
+The encoder is re-initialised and trained to reproduce the suspect's encoder outputs on the clean clips (mixed in
+pairs for variety), the rest of the model kept. Nothing in those clips carries the trigger, so the new encoder has
+no reason to answer the trigger's waveform as the suspect's does, and the downstream layers' backdoor pathway loses
+its input. Purify runs it before unlearning and keeps the encoder frozen in its repair. Measured with purify's
+defaults (one seed, docs/lasting.md): on the noise-burst suspect above 96.2 / 0.1% (validation −2.4), 0.6 / 1.3%
+after the relapse check's clean fine-tunes, 4.0% after retuning; on the grid's tone suspect 93.7 / 0.2%
+(validation 0.0), retuned 0.3%. With the encoder also frozen while unlearning, the tone came back to 19.1% after
+retuning: a tone is a sound any clean encoder hears, and its pathway is downstream, where unlearning reaches it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_gnft.inversion import normalise
+
+
+def feature_encoder(model: nn.Module) -> nn.Module | None:
+    """The model's convolutional waveform encoder (`feature_extractor` of Wav2Vec2, HuBERT and their kin: a module
+    with `conv_layers`), or `None` for models without one (the MFCC networks)."""
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "feature_extractor", None)
+    if isinstance(encoder, nn.Module) and hasattr(encoder, "conv_layers"):
+        return encoder
+    return None
+
+
+def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (or unfreeze) the model's feature encoder, as `freeze_feature_encoder` does."""
+    encoder = feature_encoder(model)
+    if encoder is None:
+        return
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(trainable)
+    if hasattr(encoder, "_requires_grad"):
+        encoder._requires_grad = trainable
+
+
+def _reinitialise(module: nn.Module, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for sub in module.modules():
+            if sub is not module and hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+
+
+def relearn_feature_encoder(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: list[dict[str, Any]],
+    *,
+    steps: int,
+    learning_rate: float,
+    mix: float = 0.5,
+    normalize: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Re-initialise `student`'s feature encoder and train it, alone, to reproduce `teacher`'s encoder outputs.
+
+    Each step takes one batch of `batches` (clean model batches, `input_values`), mixes each clip with another
+    clip of the batch shifted in time at a random weight up to `mix` (renormalised when the extractor normalises
+    clips), and minimises the mean squared error between the two encoders' outputs over the teacher outputs' mean
+    square. Adam at `learning_rate`, cosine decay to zero over `steps`.
+
+    Returns:
+        A record: `steps`, `learning_rate`, `mix`, the relative error of the first and last tenth of the steps
+        (`error_start`, `error_end`) and `seconds`.
+
+    Raises:
+        ValueError: a model without a convolutional feature encoder, no batches, or `steps` below 1.
+    """
+    encoder, reference = feature_encoder(student), feature_encoder(teacher)
+    if encoder is None or reference is None:
+        raise ValueError(
+            "re-learning the feature encoder needs a model with a convolutional waveform encoder"
+        )
+    if not batches:
+        raise ValueError("re-learning the feature encoder needs clean clips")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    started = time.perf_counter()
+    _reinitialise(encoder, seed)
+    set_encoder_trainable(student, True)
+    reference_training = reference.training
+    encoder.train()
+    reference.eval()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    errors = []
+    for _ in range(steps):
+        batch = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+        inputs = batch["input_values"]
+        count, length = inputs.shape[0], inputs.shape[-1]
+        partners = inputs[torch.randperm(count, generator=generator).to(inputs.device)]
+        partners = torch.roll(partners, int(torch.randint(length, (1,), generator=generator)), dims=-1)
+        weights = (torch.rand(count, 1, generator=generator) * mix).to(inputs)
+        mixed = inputs + weights * partners
+        if normalize:
+            mixed = normalise(mixed)
+        with torch.no_grad():
+            target = reference(mixed)
+        error = F.mse_loss(encoder(mixed), target) / target.pow(2).mean().clamp_min(1e-12)
+        optimizer.zero_grad(set_to_none=True)
+        error.backward()
+        optimizer.step()
+        schedule.step()
+        errors.append(float(error.detach()))
+    reference.train(reference_training)
+    tenth = max(1, steps // 10)
+    return {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "mix": mix,
+        "error_start": round(sum(errors[:tenth]) / tenth, 4),
+        "error_end": round(sum(errors[-tenth:]) / tenth, 4),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
