@@ -214,14 +214,23 @@ def layer_norm_neurons(model: nn.Module, defense: str = "ANP") -> list[ChannelNe
     return norms
 
 
+def _is_feature_encoder(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "conv_layers", None), nn.ModuleList)
+
+
+def feature_encoder(model: nn.Module) -> nn.Module | None:
+    """The model's convolutional waveform encoder (a module with a `conv_layers` list: `feature_extractor` of
+    Wav2Vec2, HuBERT and their kin), or `None` for models without one (the MFCC networks)."""
+    return next((module for _, module in model.named_modules() if _is_feature_encoder(module)), None)
+
+
 def _feature_encoder_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Conv1d]]:
     """`(name, layer, conv)` for each layer of the convolutional feature encoder (a `conv_layers` list of
     layers with a `Conv1d` `conv`), in order."""
     for name, module in model.named_modules():
-        conv_layers = getattr(module, "conv_layers", None)
-        if not isinstance(conv_layers, nn.ModuleList):
+        if not _is_feature_encoder(module):
             continue
-        for position, layer in enumerate(conv_layers):
+        for position, layer in enumerate(module.conv_layers):
             conv = getattr(layer, "conv", None)
             if isinstance(conv, nn.Conv1d):
                 yield f"{name}.conv_layers.{position}".lstrip("."), layer, conv

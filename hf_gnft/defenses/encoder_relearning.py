@@ -27,16 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_gnft.inversion import normalise
-
-
-def feature_encoder(model: nn.Module) -> nn.Module | None:
-    """The model's convolutional waveform encoder (`feature_extractor` of Wav2Vec2, HuBERT and their kin: a module
-    with `conv_layers`), or `None` for models without one (the MFCC networks)."""
-    base = getattr(model, "base_model", model)
-    encoder = getattr(base, "feature_extractor", None)
-    if isinstance(encoder, nn.Module) and hasattr(encoder, "conv_layers"):
-        return encoder
-    return None
+from hf_gnft.neurons import feature_encoder
 
 
 def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:

@@ -141,8 +141,8 @@ class PurifyConfig(DefenseConfig):
             exact waveform lives there, and no inverted surrogate reaches it. Measured on the small grid's tiny
             Wav2Vec2 suspects (seed 0, docs/lasting.md): noise burst 96.2 / 0.1% (validation −2.4), relapse 0.6 /
             1.3%, retuned 4.0% (25.3% without it); tone 93.7 / 0.2% (validation 0.0), retuned 0.3% (1.8%). It adds
-            about 110 s on 2 cores for 200 one-second clips. 0: off; models without such an encoder (the MFCC
-            networks) skip it.
+            about 130 s on 2 cores for 200 one-second clips (132 s in the grid, 185 s at one thread in the demo).
+            0: off; models without such an encoder (the MFCC networks) skip it.
         purify_relearn_encoder_learning_rate (`float`, *optional*, defaults to `0.005`):
             Adam's learning rate for the re-learning (cosine decay to 0).
         purify_relearn_encoder_mix (`float`, *optional*, defaults to `0.5`):
