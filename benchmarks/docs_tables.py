@@ -63,6 +63,12 @@ GENERATORS: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
         lambda m: _script("lasting_probe").report(str(ROOT / "benchmarks" / "lasting" / "probe.jsonl")),
     ),
     (
+        re.compile(r"python benchmarks/relearning_probe\.py --report"),
+        lambda m: _script("relearning_probe").report(
+            str(ROOT / "benchmarks" / "lasting" / "relearning.jsonl")
+        ),
+    ),
+    (
         re.compile(r"python benchmarks/executor_speed\.py --report"),
         lambda m: _script("executor_speed").report(),
     ),

@@ -56,6 +56,7 @@ def describe_run(row: dict) -> str:
         "purify_repair_distillation",
         "purify_distillation_hides_target",
         "purify_relearn_encoder_steps",
+        "purify_relearn_encoder_crop_s",
     )  # what changed between the runs
     for key in changed:
         if key in effective:

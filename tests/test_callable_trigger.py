@@ -99,7 +99,8 @@ def test_run_defense_measures_asr_with_the_users_trigger_object_and_the_cli_says
     # From the command line the spec's function is never imported: CA only, the attack still on record.
     record = defend_recipe.main(["--defense", "ft", "--model", str(suspect), "--output_dir", str(tmp_path / "cli"),
                                  "--clean_count", "16", "--max_steps", "1", "--synthetic_train_size", "160",
-                                 "--synthetic_validation_size", "0", "--synthetic_test_size", "40"])  # fmt: skip
+                                 "--synthetic_validation_size", "0", "--synthetic_test_size", "40",
+                                 "--reinversion_check", "false", "--relapse_check", "false"])  # fmt: skip
     assert (
         record["after"]["attack_success_rate"] is None
         and record["der"] is None

@@ -366,6 +366,7 @@ def test_defend_runs_from_a_config_file_with_overrides(tmp_path, suspect):
         f"model: {suspect}\noutput_dir: {tmp_path / 'from-yaml'}\nclean_count: 8\nmax_steps: 1\n"
         "synthetic_train_size: 160\nsynthetic_validation_size: 0\nsynthetic_test_size: 40\n"
         "per_device_train_batch_size: 8\ndisable_tqdm: true\ngn_radius: 0.1\n"
+        "reinversion_check: false\nrelapse_check: false\n"
     )
     record = defend_recipe.main(["--config", str(path), "--gn_radius", "0.2"])
     assert record["gn"]["gn_radius"] == 0.2 and record["clean_rows"] == 8

@@ -123,7 +123,7 @@ def test_benchmark_drops_a_last_line_cut_short_by_a_kill(tmp_path):
 def _defend_args(suspect: Path, out: Path, *extra: str) -> list[str]:
     return ["--model", str(suspect), "--output_dir", str(out), "--clean_count", "16", "--num_train_epochs", "2",
             "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "3",
-            "--learning_rate", "0.05", "--disable_tqdm", "true", "--reinversion_check", "false",
+            "--learning_rate", "0.05", "--disable_tqdm", "true", "--reinversion_check", "false", "--retuning_check", "false",
             "--relapse_check", "false", *RECIPE_DATA,
             *extra]  # fmt: skip
 

@@ -460,15 +460,25 @@ def test_the_walk_back_keeps_the_last_weight_whose_re_inversion_stays_within_the
     assert float(suspect.weight) == 0.0 and set(calls) == {(3, "additive")}
 
 
+#: the interpolation tests' purify (the encoder re-learning, tested on its own, left out: it does not change the walk)
+INTERPOLATION_SETTINGS = dict(purify_families=["additive"], purify_relearn_encoder_steps=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def plain_purified(planted_backdoor, tmp_path_factory):
+    """The planted twin purified without interpolation, shared by the interpolation tests."""
+    planted = planted_backdoor
+    config = purify_config(tmp_path_factory.mktemp("plain"), **INTERPOLATION_SETTINGS)
+    return apply_purify(planted.model, planted.extractor, planted.clean, config)
+
+
 @pytest.mark.parametrize(
     "interpolation", [{"purify_interpolation_step": 0.25}, {"purify_interpolation_weight": 0.4}]
 )
 def test_purify_interpolates_towards_the_suspect_and_records_the_weight(
-    planted_backdoor, tmp_path, interpolation
+    planted_backdoor, plain_purified, tmp_path, interpolation
 ):
-    planted = planted_backdoor
-    settings = dict(purify_families=["additive"], seed=0)
-    plain = apply_purify(planted.model, planted.extractor, planted.clean, purify_config(tmp_path, **settings))
+    planted, plain, settings = planted_backdoor, plain_purified, INTERPOLATION_SETTINGS
     outcome = apply_purify(planted.model, planted.extractor, planted.clean,
                            purify_config(tmp_path, **interpolation, **settings))  # fmt: skip
     walk = outcome.info["interpolation"]

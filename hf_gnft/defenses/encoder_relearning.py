@@ -49,6 +49,18 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
                 sub.reset_parameters()
 
 
+def _check_crop(encoder: nn.Module, crop: int, inputs: torch.Tensor) -> None:
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
+        raise ValueError(f"crop must be a number of samples >= 1, got {crop!r}")
+    try:
+        with torch.no_grad():
+            frames = encoder(inputs[:1, ..., :crop]).shape[-1]
+    except RuntimeError:
+        frames = 0
+    if frames < 1:
+        raise ValueError(f"a crop of {crop} samples is shorter than the feature encoder's receptive field")
+
+
 def relearn_feature_encoder(
     student: nn.Module,
     teacher: nn.Module,
@@ -58,21 +70,25 @@ def relearn_feature_encoder(
     learning_rate: float,
     mix: float = 0.5,
     normalize: bool = True,
+    crop: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Re-initialise `student`'s feature encoder and train it, alone, to reproduce `teacher`'s encoder outputs.
 
     Each step takes one batch of `batches` (clean model batches, `input_values`), mixes each clip with another
     clip of the batch shifted in time at a random weight up to `mix` (renormalised when the extractor normalises
-    clips), and minimises the mean squared error between the two encoders' outputs over the teacher outputs' mean
-    square. Adam at `learning_rate`, cosine decay to zero over `steps`.
+    clips), keeps one random window of `crop` samples of the batch (`None`: whole clips; the encoder is
+    convolutional, so a window teaches the same function for a fraction of the cost), and minimises the mean squared
+    error between the two encoders' outputs over the teacher outputs' mean square. Adam at `learning_rate`, cosine
+    decay to zero over `steps`.
 
     Returns:
         A record: `steps`, `learning_rate`, `mix`, the relative error of the first and last tenth of the steps
         (`error_start`, `error_end`) and `seconds`.
 
     Raises:
-        ValueError: a model without a convolutional feature encoder, no batches, or `steps` below 1.
+        ValueError: a model without a convolutional feature encoder, no batches, `steps` below 1, or a `crop`
+            shorter than the encoder's receptive field.
     """
     encoder, reference = feature_encoder(student), feature_encoder(teacher)
     if encoder is None or reference is None:
@@ -83,6 +99,8 @@ def relearn_feature_encoder(
         raise ValueError("re-learning the feature encoder needs clean clips")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if crop is not None:
+        _check_crop(reference, crop, batches[0]["input_values"])
     started = time.perf_counter()
     _reinitialise(encoder, seed)
     set_encoder_trainable(student, True)
@@ -101,6 +119,9 @@ def relearn_feature_encoder(
         partners = torch.roll(partners, int(torch.randint(length, (1,), generator=generator)), dims=-1)
         weights = (torch.rand(count, 1, generator=generator) * mix).to(inputs)
         mixed = inputs + weights * partners
+        if crop is not None and crop < length:
+            start = int(torch.randint(length - crop + 1, (1,), generator=generator))
+            mixed = mixed[..., start : start + crop]
         if normalize:
             mixed = normalise(mixed)
         with torch.no_grad():

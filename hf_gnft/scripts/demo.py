@@ -16,8 +16,8 @@
    relapse and retuning checks.
 
 Two processes of one thread each share the work (these tiny models do not keep two threads busy): the second
-trains the reference while the first trains the backdoored model, then runs FT and GN-FT (which share the suspect's
-own measurements: before, its inversion of every class, its retuning) while the first scans and purifies.
+trains the reference while the first trains the backdoored model, then scans it and runs FT and GN-FT (which share
+the suspect's own measurements: before, its inversion of every class, its retuning) while the first purifies.
 
     hf-gnft demo --output_dir outputs/demo       # or: python recipes/demo.py ...
 """
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> str:
     DataArguments().load(16_000)  # renders the corpus once, before the helper process reads it
     # A second process, one thread, works beside this one (these tiny models do not keep two threads busy): it
     # trains the model without poisoning (the retuning check's reference) while this one trains the backdoored
-    # model, then runs FT and GN-FT while this one scans and purifies.
+    # model, then scans it and runs FT and GN-FT while this one purifies.
     helper = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     torch.set_num_threads(1)
     try:
@@ -153,18 +153,19 @@ def main(argv: list[str] | None = None) -> str:
         attack = run_attack(
             DataArguments(), AttackArguments(), ModelArguments(model=args.model), suspect_training
         )
-        # FT and GN-FT (the same clean subset and number of steps) in the helper, after the reference
+        # the scan, then FT and GN-FT (the same clean subset and number of steps) in the helper, after the reference
+        scan = helper.submit(scan_suspect, attack.output_dir)
         baselines = helper.submit(
             baseline_rows, args.learning_rate, attack.output_dir, str(out), args.seed, threads=1
         )
-        model, extractor = load_suspect_model(attack.output_dir)
-        scan = scan_model(model, extractor, DataArguments().load(16_000)["validation"], progress=False)
-        print(f"\nScan of the backdoored model (clean validation clips, no trigger): {scan.verdict}\n")
         rows = [{"name": "backdoored", "metrics": attack.metrics, "seconds": attack.metrics["train_seconds"]}]
-        summary = {"backdoored": attack.metrics, "scan": scan.to_dict()}
         purify_rate = args.purify_learning_rate or PurifyConfig.learning_rate
-        purify_row, summary["purify"], _ = defense_row(
+        purify_row, purify_record, _ = defense_row(
             "purify", PurifyConfig, purify_rate, attack.output_dir, str(out), args.seed
+        )
+        summary = {"backdoored": attack.metrics, "scan": scan.result(), "purify": purify_record}
+        print(
+            f"\nScan of the backdoored model (clean validation clips, no trigger): {summary['scan']['verdict']}\n"
         )
         for name, (row, record) in zip(("FT", "GN-FT"), baselines.result(), strict=True):
             rows.append(row)
@@ -226,6 +227,14 @@ def defense_row(
            "retuned": record["retuning"]["after"]["attack_success_rate"], "seconds": record["train_seconds"]}  # fmt: skip
     entry = {key: value for key, value in record.items() if key != "log_history"}
     return row, entry, result.suspect_measurements
+
+
+def scan_suspect(suspect_dir: str) -> dict:
+    """`hf-gnft scan` of the backdoored model on the clean validation clips (in the helper process); returns the
+    scan's record, with its verdict."""
+    torch.set_num_threads(1)
+    model, extractor = load_suspect_model(suspect_dir)
+    return scan_model(model, extractor, DataArguments().load(16_000)["validation"], progress=False).to_dict()
 
 
 def baseline_rows(learning_rate: float, suspect_dir: str, out: str, seed: int, threads: int = 1) -> list:
