@@ -968,14 +968,15 @@ def apply_purify(
     else:
         batching, normalize, rate = model_input(defended, extractor)
         if config.purify_relearn_encoder_steps > 0 and feature_encoder(defended) is not None:
+            crop_s = config.purify_relearn_encoder_crop_s
+            crop = max(1, round(crop_s * rate)) if crop_s > 0 else None  # too short for the encoder: refused
             relearn_batches = list(
                 audio_batches(clean, extractor, config.per_device_train_batch_size, **batching)
             )
             info["encoder_relearning"] = relearn_feature_encoder(
                 defended, model, relearn_batches, steps=config.purify_relearn_encoder_steps,
                 learning_rate=config.purify_relearn_encoder_learning_rate, mix=config.purify_relearn_encoder_mix,
-                crop=round(config.purify_relearn_encoder_crop_s * rate) or None, normalize=normalize,
-                seed=config.seed,
+                crop=crop, normalize=normalize, seed=config.seed,
             )  # fmt: skip
             seconds["relearning"] = info["encoder_relearning"]["seconds"]
         inversion_batches = {
