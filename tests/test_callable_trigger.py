@@ -100,11 +100,14 @@ def test_run_defense_measures_asr_with_the_users_trigger_object_and_the_cli_says
     record = defend_recipe.main(["--defense", "ft", "--model", str(suspect), "--output_dir", str(tmp_path / "cli"),
                                  "--clean_count", "16", "--max_steps", "1", "--synthetic_train_size", "160",
                                  "--synthetic_validation_size", "0", "--synthetic_test_size", "40",
-                                 "--reinversion_check", "false", "--relapse_check", "false"])  # fmt: skip
+                                 "--reinversion_check", "false"])  # fmt: skip
     assert (
         record["after"]["attack_success_rate"] is None
         and record["der"] is None
         and record["retuning"] is None
     )
+    # the relapse check still fine-tunes: CA after each run, no ASR to measure
+    assert [run["attack_success_rate"] for run in record["relapse"]["runs"]] == [None, None]
+    assert all(0 <= run["clean_accuracy"] <= 1 for run in record["relapse"]["runs"])
     assert record["attack"]["trigger"]["type"] == "callable"
     assert "could not be rebuilt" in (tmp_path / "cli" / "README.md").read_text()

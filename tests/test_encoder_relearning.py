@@ -85,14 +85,18 @@ def test_a_crop_shows_the_encoders_windows_only_and_still_reproduces_whole_clips
     held_out = list(audio_batches(planted_backdoor.test, planted_backdoor.extractor, 32))
     length = batches[0]["input_values"].shape[-1]
     crop = length // 2
-    seen = []
-    hook = feature_encoder(teacher).register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+    seen = {"teacher": [], "student": []}
     cropped = copy.deepcopy(teacher)
+    hooks = [feature_encoder(model).register_forward_pre_hook(lambda _, args, name=name: seen[name].append(args[0].shape[-1]))
+             for name, model in (("teacher", teacher), ("student", cropped))]  # fmt: skip
     try:
-        relearn_feature_encoder(cropped, teacher, batches, steps=600, learning_rate=0.005, crop=crop)
+        record = relearn_feature_encoder(cropped, teacher, batches, steps=600, learning_rate=0.005, crop=crop)
     finally:
-        hook.remove()
-    assert set(seen[1:]) == {crop}  # the first is the receptive-field check, on a crop too
+        for hook in hooks:
+            hook.remove()
+    assert record["crop"] == crop
+    assert len(seen["student"]) == 600 and set(seen["student"]) == {crop}
+    assert len(seen["teacher"]) == 601 and set(seen["teacher"]) == {crop}  # and the receptive-field check's
     whole = copy.deepcopy(teacher)
     relearn_feature_encoder(whole, teacher, batches, steps=300, learning_rate=0.005)
     fresh = copy.deepcopy(teacher)

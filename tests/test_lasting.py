@@ -283,6 +283,7 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
     assert metrics(planted, outcome.model).attack_success_rate <= 0.2
     # the feature encoder was re-learned first (a fresh one, not the suspect's) and trains again once published
     assert outcome.info["encoder_relearning"]["steps"] == 200 and outcome.info["seconds"]["relearning"] > 0
+    assert outcome.info["encoder_relearning"]["crop"] == 4000  # the default 0.25 s window of the 0.3 s clips
     encoder, suspect_encoder = feature_encoder(outcome.model), feature_encoder(planted.model)
     assert not torch.equal(encoder.conv_layers[0].conv.weight, suspect_encoder.conv_layers[0].conv.weight)
     assert all(parameter.requires_grad for parameter in outcome.model.parameters())

@@ -53,7 +53,7 @@ TRAINING = dict(
 )
 
 
-#: the encoder re-learning's steps on the twins (the default 1,500 is sized for 200 one-second clips)
+#: the encoder re-learning's steps on the twins (the default 3,000 is sized for 200 one-second clips)
 RELEARN_STEPS = 200
 
 
@@ -563,3 +563,20 @@ def test_each_target_is_unlearned_with_the_families_that_named_it(tmp_path):
     assert unlearning_plan(refined, [0], every) == [(0, "additive"), (0, "spectral")]
     with pytest.raises(ValueError, match="purify_unlearn"):
         purify_config(tmp_path, purify_unlearn="some")
+
+
+def test_a_relearning_window_the_encoder_cannot_take_is_refused_before_any_work(
+    planted_backdoor, tmp_path, monkeypatch
+):
+    """`purify_relearn_encoder_crop_s` of 1 ms is 16 samples, less than the encoder's 400-sample receptive field: an
+    error naming the setting before any inversion runs."""
+    from hf_gnft.defenses import purify
+
+    def never(*args, **kwargs):
+        raise AssertionError("the inversion ran before the setting was checked")
+
+    monkeypatch.setattr(purify, "invert_classes", never)
+    planted = planted_backdoor
+    with pytest.raises(ValueError, match=r"purify_relearn_encoder_crop_s=0.001: .*receptive field"):
+        apply_purify(planted.model, planted.extractor, planted.clean,
+                     purify_config(tmp_path, purify_relearn_encoder_crop_s=0.001))  # fmt: skip

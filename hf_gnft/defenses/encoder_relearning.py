@@ -10,11 +10,12 @@ about 1%.
 The encoder is re-initialised and trained to reproduce the suspect's encoder outputs on the clean clips (mixed in
 pairs for variety), the rest of the model kept. Nothing in those clips carries the trigger, so the new encoder has
 no reason to answer the trigger's waveform as the suspect's does, and the downstream layers' backdoor pathway loses
-its input. Purify runs it before unlearning and keeps the encoder frozen in its repair. Measured with purify's
-defaults (one seed, docs/lasting.md): on the noise-burst suspect above 96.2 / 0.1% (validation −2.4), 0.6 / 1.3%
-after the relapse check's clean fine-tunes, 4.0% after retuning; on the grid's tone suspect 93.7 / 0.2%
-(validation 0.0), retuned 0.3%. With the encoder also frozen while unlearning, the tone came back to 19.1% after
-retuning: a tone is a sound any clean encoder hears, and its pathway is downstream, where unlearning reaches it.
+its input. Purify runs it before unlearning and keeps the encoder frozen in its repair. Measured in the 3-seed grid
+with purify's defaults (3,000 steps on 0.25 s windows; docs/lasting.md): on the noise-burst suspect above 0.0–0.3%
+ASR, at most 1.3% after the relapse check's clean fine-tunes, 1.7–15.2% after retuning (whole-clip re-learning:
+1.7–46.4%). On the grid's tone suspect, with 1,500 steps on whole clips: 93.7 / 0.2% (validation 0.0), retuned
+0.3%. With the encoder also frozen while unlearning, the tone came back to 19.1% after retuning: a tone is a sound
+any clean encoder hears, and its pathway is downstream, where unlearning reaches it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
                 sub.reset_parameters()
 
 
-def _check_crop(encoder: nn.Module, crop: int, inputs: torch.Tensor) -> None:
+def check_crop(encoder: nn.Module, crop: int, inputs: torch.Tensor) -> None:
+    """Refuse a re-learning window that is not a whole number of samples >= 1 or that `encoder` (a feature encoder)
+    turns into no frame: shorter than its receptive field."""
     if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
         raise ValueError(f"crop must be a number of samples >= 1, got {crop!r}")
     try:
@@ -76,14 +79,14 @@ def relearn_feature_encoder(
     """Re-initialise `student`'s feature encoder and train it, alone, to reproduce `teacher`'s encoder outputs.
 
     Each step takes one batch of `batches` (clean model batches, `input_values`), mixes each clip with another
-    clip of the batch shifted in time at a random weight up to `mix` (renormalised when the extractor normalises
-    clips), keeps one random window of `crop` samples of the batch (`None`: whole clips; the encoder is
-    convolutional, so a window teaches the same function for a fraction of the cost), and minimises the mean squared
+    clip of the batch shifted in time at a random weight up to `mix`, keeps one random window of `crop` samples of
+    the batch (`None`: whole clips; the encoder is convolutional, so a window teaches the same function from fewer
+    samples), renormalises each window when the extractor normalises clips, and minimises the mean squared
     error between the two encoders' outputs over the teacher outputs' mean square. Adam at `learning_rate`, cosine
     decay to zero over `steps`.
 
     Returns:
-        A record: `steps`, `learning_rate`, `mix`, the relative error of the first and last tenth of the steps
+        A record: `steps`, `learning_rate`, `mix`, `crop`, the relative error of the first and last tenth of the steps
         (`error_start`, `error_end`) and `seconds`.
 
     Raises:
@@ -100,7 +103,7 @@ def relearn_feature_encoder(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if crop is not None:
-        _check_crop(reference, crop, batches[0]["input_values"])
+        check_crop(reference, crop, batches[0]["input_values"])
     started = time.perf_counter()
     _reinitialise(encoder, seed)
     set_encoder_trainable(student, True)
@@ -138,6 +141,7 @@ def relearn_feature_encoder(
         "steps": steps,
         "learning_rate": learning_rate,
         "mix": mix,
+        "crop": crop,
         "error_start": round(sum(errors[:tenth]) / tenth, 4),
         "error_end": round(sum(errors[-tenth:]) / tenth, 4),
         "seconds": round(time.perf_counter() - started, 2),

@@ -70,7 +70,7 @@ from .base import (
     fine_tune,
     is_finite_number,
 )
-from .encoder_relearning import feature_encoder, relearn_feature_encoder, set_encoder_trainable
+from .encoder_relearning import check_crop, feature_encoder, relearn_feature_encoder, set_encoder_trainable
 from .gnft_config import DefenseConfig
 from .gnft_trainer import GNFTTrainer
 
@@ -139,8 +139,9 @@ class PurifyConfig(DefenseConfig):
             suspect's encoder outputs on the clean clips ([`hf_gnft.defenses.encoder_relearning`]); unlearning then
             trains the whole model, and the repair leaves the re-learned encoder frozen. A backdoor keyed to one
             exact waveform lives there, and no inverted surrogate reaches it. Measured on the small grid's tiny
-            Wav2Vec2 noise-burst suspect (docs/lasting.md; lr 0.05): seed 0 96.5 / 0.0% (validation −4.0), relapse
-            0.0 / 0.1%, retuned 1.7% (25.3% without it); seed 1 95.1 / 0.0% (−3.2), retuned 7.3%. It adds 54–63 s
+            Wav2Vec2 noise-burst suspect (3-seed grid, docs/lasting.md; lr 0.05): 95.1–96.5 / 0.0–0.3%, validation
+            −3.2 to −4.2, relapse at most 1.1%, retuned 1.7 / 7.3 / 15.2% (with 1,500 steps on whole clips 4.0 /
+            27.3 / 8.0%; without re-learning 25.3% on seed 0). It adds 54–63 s
             on 2 cores for 200 one-second clips with the 0.25 s windows of `purify_relearn_encoder_crop_s`.
             0: off; models without such an encoder (the MFCC networks) skip it.
         purify_relearn_encoder_learning_rate (`float`, *optional*, defaults to `0.005`):
@@ -890,6 +891,26 @@ def apply_exact_purification(
     )
 
 
+def _relearning_crop(model: torch.nn.Module, extractor: Any, config: PurifyConfig) -> int | None:
+    """The encoder re-learning's window in samples (`None`: whole clips, or no re-learning), checked against the
+    model's encoder."""
+    encoder = feature_encoder(model)
+    if (
+        config.purify_relearn_encoder_steps == 0
+        or config.purify_relearn_encoder_crop_s == 0
+        or encoder is None
+    ):
+        return None
+    crop = max(1, round(config.purify_relearn_encoder_crop_s * model_input(model, extractor)[2]))
+    try:
+        check_crop(encoder, crop, torch.zeros(1, crop))
+    except ValueError as error:
+        raise ValueError(
+            f"purify_relearn_encoder_crop_s={config.purify_relearn_encoder_crop_s:g}: {error}"
+        ) from None
+    return crop
+
+
 def apply_purify(
     model: PreTrainedModel,
     extractor: Any,
@@ -922,6 +943,9 @@ def apply_purify(
             return dataset.shuffle(seed=config.seed).select(range(config.purify_inversion_clips))
         return dataset
 
+    crop = _relearning_crop(
+        model, extractor, config
+    )  # a window the encoder cannot take fails before any work
     clips = draw(clean)
     # Detection prefers held-out clean clips: the suspect was trained on the clean subset's clips and is more
     # confident on them, which hides its target (measured on a noise-burst suspect: gap 0.42 towards a wrong class
@@ -968,8 +992,6 @@ def apply_purify(
     else:
         batching, normalize, rate = model_input(defended, extractor)
         if config.purify_relearn_encoder_steps > 0 and feature_encoder(defended) is not None:
-            crop_s = config.purify_relearn_encoder_crop_s
-            crop = max(1, round(crop_s * rate)) if crop_s > 0 else None  # too short for the encoder: refused
             relearn_batches = list(
                 audio_batches(clean, extractor, config.per_device_train_batch_size, **batching)
             )
