@@ -23,24 +23,12 @@ import transformers
 
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
 from hf_gnft.defenses.base import copy_model
-from hf_gnft.defenses.encoder_relearning import relearn_feature_encoder
+from hf_gnft.defenses.encoder_relearning import encoder_error, relearn_feature_encoder
 from hf_gnft.inversion import model_input
 from hf_gnft.models import load_suspect_model
-from hf_gnft.neurons import feature_encoder
 from hf_gnft.outputs import machine_description
 from hf_gnft.poison import AttackSpec, make_triggered_eval_set
 from hf_gnft.training import audio_batches, evaluate_backdoor
-
-
-def held_out_error(student: torch.nn.Module, teacher: torch.nn.Module, batches: list[dict]) -> float:
-    """The new encoder's squared error against the suspect's over the suspect outputs' mean square, on `batches`."""
-    error, scale = 0.0, 0.0
-    with torch.no_grad():
-        for batch in batches:
-            target = feature_encoder(teacher)(batch["input_values"])
-            error += float((feature_encoder(student)(batch["input_values"]) - target).pow(2).sum())
-            scale += float(target.pow(2).sum())
-    return error / scale
 
 
 def report(path: str) -> str:
@@ -101,7 +89,7 @@ def main() -> None:
             "settings": settings,
             "seconds": record["seconds"],
             "error_end": record["error_end"],
-            "held_out_error": round(held_out_error(student, model, held_out), 4),
+            "held_out_error": round(encoder_error(student, model, held_out), 4),
             "validation_accuracy": round(
                 100 * evaluate_backdoor(student, extractor, validation).clean_accuracy, 1
             ),

@@ -11,6 +11,7 @@ import torch
 from testing_utils import sine_dataset
 
 from hf_gnft.defenses.encoder_relearning import (
+    encoder_error,
     feature_encoder,
     relearn_feature_encoder,
     set_encoder_trainable,
@@ -68,13 +69,6 @@ def test_relearning_on_clean_clips_removes_a_backdoor_keyed_to_one_waveform(plan
     assert after.clean_accuracy >= before.clean_accuracy - 0.15
 
 
-def _whole_clip_error(student, teacher, batches) -> float:
-    with torch.no_grad():
-        pairs = [(feature_encoder(student)(b["input_values"]), feature_encoder(teacher)(b["input_values"]))
-                 for b in batches]  # fmt: skip
-    return sum(float((s - t).pow(2).sum()) for s, t in pairs) / sum(float(t.pow(2).sum()) for _, t in pairs)
-
-
 def test_a_crop_shows_the_encoders_windows_only_and_still_reproduces_whole_clips(planted_backdoor):
     """Re-learning on windows of half of each clip: both encoders only ever see windows of that length, and with twice
     the steps (the same samples) the new encoder reproduces the suspect's on whole held-out clips: a twentieth of a
@@ -101,7 +95,7 @@ def test_a_crop_shows_the_encoders_windows_only_and_still_reproduces_whole_clips
     relearn_feature_encoder(whole, teacher, batches, steps=300, learning_rate=0.005)
     fresh = copy.deepcopy(teacher)
     relearn_feature_encoder(fresh, teacher, batches, steps=1, learning_rate=1e-9)
-    errors = {name: _whole_clip_error(model, teacher, held_out) for name, model in
+    errors = {name: encoder_error(model, teacher, held_out) for name, model in
               (("cropped", cropped), ("whole", whole), ("fresh", fresh))}  # fmt: skip
     print(errors)
     assert errors["cropped"] < 0.05 * errors["fresh"]

@@ -64,6 +64,19 @@ def check_crop(encoder: nn.Module, crop: int, inputs: torch.Tensor) -> None:
         raise ValueError(f"a crop of {crop} samples is shorter than the feature encoder's receptive field")
 
 
+def encoder_error(student: nn.Module, teacher: nn.Module, batches: list[dict[str, Any]]) -> float:
+    """How far `student`'s feature encoder is from `teacher`'s on `batches` (model batches, whole clips as given):
+    the squared error of its outputs over the teacher outputs' mean square, pooled over every batch."""
+    encoder, reference = feature_encoder(student), feature_encoder(teacher)
+    error, scale = 0.0, 0.0
+    with torch.no_grad():
+        for batch in batches:
+            target = reference(batch["input_values"])
+            error += float((encoder(batch["input_values"]) - target).pow(2).sum())
+            scale += float(target.pow(2).sum())
+    return error / scale
+
+
 def relearn_feature_encoder(
     student: nn.Module,
     teacher: nn.Module,
