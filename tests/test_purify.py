@@ -577,6 +577,6 @@ def test_a_relearning_window_the_encoder_cannot_take_is_refused_before_any_work(
 
     monkeypatch.setattr(purify, "invert_classes", never)
     planted = planted_backdoor
-    with pytest.raises(ValueError, match=r"purify_relearn_encoder_crop_s=0.001: .*receptive field"):
+    with pytest.raises(DefenseInputError, match=r"purify_relearn_encoder_crop_s=0.001: .*receptive field"):
         apply_purify(planted.model, planted.extractor, planted.clean,
                      purify_config(tmp_path, purify_relearn_encoder_crop_s=0.001))  # fmt: skip

@@ -904,8 +904,8 @@ def _relearning_crop(model: torch.nn.Module, extractor: Any, config: PurifyConfi
     crop = max(1, round(config.purify_relearn_encoder_crop_s * model_input(model, extractor)[2]))
     try:
         check_crop(encoder, crop, torch.zeros(1, crop))
-    except ValueError as error:
-        raise ValueError(
+    except ValueError as error:  # hf-gnft's own input error: the command line prints it as one line
+        raise DefenseInputError(
             f"purify_relearn_encoder_crop_s={config.purify_relearn_encoder_crop_s:g}: {error}"
         ) from None
     return crop
