@@ -31,6 +31,11 @@ FAST_SETTINGS = {
 }  # fmt: skip
 
 
+#: The defenses whose run in `defended` also runs the re-inversion and retuning checks. The checks are the same
+#: code for every method (they only see the defended model); one method that trains and one that does not cover them.
+CHECKED = ("gn-ft", "clp")
+
+
 @pytest.fixture(scope="module")
 def defended(recipe_suspect, tmp_path_factory) -> dict[str, Path]:
     """Every registered defense run once through `hf-gnft defend` on the same suspect and clean clips."""
@@ -38,10 +43,11 @@ def defended(recipe_suspect, tmp_path_factory) -> dict[str, Path]:
     outputs = {}
     for name in DEFENSE_METHODS:
         out = root / name
+        checks = [] if name in CHECKED else ["--reinversion_check", "false", "--retuning_check", "false"]
         defend_recipe.main(
             ["--defense", name, "--model", str(recipe_suspect), "--output_dir", str(out), "--clean_count", "8",
-             "--relapse_check", "false", *RECIPE_DATA, *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []),
-             *FAST_SETTINGS[name]]
+             "--relapse_check", "false", *checks, *RECIPE_DATA,
+             *(RECIPE_FAST if DEFENSE_METHODS[name].trains else []), *FAST_SETTINGS[name]]
         )  # fmt: skip
         outputs[name] = out
     return outputs
@@ -110,6 +116,9 @@ def test_every_defense_writes_the_same_files_and_record_keys(defended):
         assert record["knob"]["name"] == DEFENSE_METHODS[name].knob
         assert record["knob"]["value"] == record["settings"][DEFENSE_METHODS[name].knob]
         assert "output_dir" not in record["settings"] and "hub_token" not in record["settings"]
+        if name not in CHECKED:
+            assert record["retuning"] is None and record["reinversion"] is None
+            continue
         retuning = record["retuning"]  # on by default when the attack is known
         assert retuning["settings"]["num_triggered"] == 5
         reinversion = record["reinversion"]  # on by default: clean data only
@@ -140,7 +149,8 @@ def test_every_card_names_its_method_with_the_same_sections(defended):
         if method.paper_url:
             assert f"({method.paper_url})" in card
         assert "github.com" not in card  # only links that exist
-        assert "Retuning check" in card and "Re-inversion check" in card
+        checked = name in CHECKED
+        assert ("Retuning check" in card) is checked and ("Re-inversion check" in card) is checked
         sections[name] = [line for line in card.splitlines() if line.startswith("## ")]
     assert all(s == sections["gn-ft"] for s in sections.values()), sections
 
