@@ -17,6 +17,7 @@ from hf_gnft.defenses.purify import (
     PurifyConfig,
     apply_exact_purification,
     apply_purify,
+    shape_candidates,
     unlearning_plan,
     unlearning_rounds,
 )
@@ -145,16 +146,30 @@ def test_a_clean_models_inversion_names_no_target_and_purify_then_only_fine_tune
     assert outcome.info["shapes"] == [] and outcome.info["plan"] == []
 
 
-def test_a_target_whose_shape_reaches_the_bar_is_unlearned_with_its_shapes_alone(tmp_path):
+def test_a_shape_that_reaches_the_bar_stands_in_for_the_additive_surrogate_never_for_a_pitch_shift(tmp_path):
     config = PurifyConfig(output_dir=str(tmp_path), purify_shape_min_success=0.6)
     refined = [
         {"target": 0, "family": "additive", "success": 0.95},
         {"target": 3, "family": "spectral", "success": 0.9},
+        {"target": 5, "family": "additive", "success": 0.8},
+        {"target": 5, "family": "spectral", "success": 0.7},
     ]
     shaped = [{"target": 0, "family": "burst", "success": 0.8}, {"target": 0, "family": "tonal", "success": 0.97},
-              {"target": 3, "family": "burst", "success": 0.2}]  # fmt: skip
-    # the most successful shape alone; a target no shape reaches keeps the detection's families
-    assert unlearning_plan(refined, [0, 3], config, shaped=shaped) == [(0, "tonal"), (3, "spectral")]
+              {"target": 5, "family": "burst", "success": 0.9}]  # fmt: skip
+    # the most successful shape alone where the additive detection named the target
+    assert unlearning_plan(refined, [0, 5], config, shaped=shaped) == [(0, "tonal"), (5, "burst")]
+    # the grid's PBSM suspect: only the pitch shift named the target, and a burst that reaches the bar is not used
+    pbsm = [{"target": 3, "family": "burst", "success": 0.61}]
+    assert unlearning_plan(refined, [3], config, shaped=pbsm) == [(3, "spectral")]
+    assert shape_candidates(refined, [0, 3, 5], config) == [
+        0,
+        5,
+    ]  # so the shapes are not even inverted for it
+    everything = PurifyConfig(output_dir=str(tmp_path), purify_unlearn="all")
+    assert shape_candidates(refined, [3], everything) == [3]
+    assert unlearning_plan(refined, [3], everything, shaped=pbsm) == [(3, "burst")]
+    weak = [{"target": 0, "family": "burst", "success": 0.5}]
+    assert unlearning_plan(refined, [0], config, shaped=weak) == [(0, "additive")]  # below the bar
     tie = [{"target": 0, "family": "burst", "success": 0.9}, {"target": 0, "family": "tonal", "success": 0.9}]
     assert unlearning_plan(refined, [0], config, shaped=tie) == [(0, "burst")]
     assert unlearning_plan(refined, [0], config) == [(0, "additive")]  # no shapes: the detection's families

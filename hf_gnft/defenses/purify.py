@@ -104,12 +104,14 @@ class PurifyConfig(DefenseConfig):
     Args:
         purify_families (`list[str]`, *optional*, defaults to `["additive", "spectral"]`):
             The detection's inversion families (see `hf_gnft.inversion`; the scan's calibrated statistics), also
-            unlearned where no shape family reaches `purify_shape_min_success`.
+            unlearned where no shape family stands in for them (`purify_shapes`).
         purify_shapes (`list[str]`, *optional*, defaults to `["burst"]`):
             The shape families each suspected target is inverted with at the rounds' settings: a short loud sound
             in one window (`burst`) and a sinusoid (`tonal`). The most successful of those whose held-out success
-            reaches `purify_shape_min_success` becomes the target's surrogate, in place of the detection's families:
-            a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip. `[]`: the
+            reaches `purify_shape_min_success` becomes the target's surrogate in place of the detection's families
+            (a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip); a target
+            the additive detection did not name (a pitch-shift trigger, named by the spectral family alone) is not
+            shaped and keeps the spectral surrogate ([`unlearning_plan`]). `[]`: the
             detection's families only (the behaviour before issue 26). `tonal` is not on by default: on `make
             demo`'s noise-burst suspect a tone reached the target about as often as the burst (0.81–0.84 against
             0.82–0.89), won on one draw of the inversion clips, and unlearning it left 59.8% ASR.
@@ -491,6 +493,25 @@ class PurifyConfig(DefenseConfig):
         return {"additive": self.purify_detection_threshold, "spectral": self.purify_spectral_threshold}
 
 
+def detection_families(
+    refined: list[dict[str, Any]], target: int, config: PurifyConfig, families: list[str] | None = None
+) -> list[str]:
+    """The families `target` is unlearned with before any shape: with `purify_unlearn="flagged"` those whose
+    detection named it a candidate (a pitch-shift trigger is not unlearned as a noise, nor a noise as a pitch
+    shift); with `"all"`, every family (of `families`, default `purify_families`: those that can invert the
+    model)."""
+    if config.purify_unlearn == "all":
+        return list(config.purify_families if families is None else families)
+    return list(dict.fromkeys(row["family"] for row in refined if row["target"] == target))
+
+
+def shape_candidates(
+    refined: list[dict[str, Any]], targets: list[int], config: PurifyConfig, families: list[str] | None = None
+) -> list[int]:
+    """The targets whose additive surrogate a shape may stand in for: those unlearned with the additive family."""
+    return [t for t in targets if "additive" in detection_families(refined, t, config, families)]
+
+
 def unlearning_plan(
     refined: list[dict[str, Any]],
     targets: list[int],
@@ -498,27 +519,26 @@ def unlearning_plan(
     families: list[str] | None = None,
     shaped: list[dict[str, Any]] | None = None,
 ) -> list[tuple[int, str]]:
-    """The (target, family) pairs each round inverts and unlearns. A target whose shape inversions (`shaped`: rows
-    of [`shape_suspects`]) reach `purify_shape_min_success` is unlearned with its most successful shape alone: a
-    short loud sound or a tone like the trigger, rather than a faint perturbation over the whole clip, which costs
-    accuracy on every class and leaves the real pathway in place (two shapes share the copies: on `make demo`'s
-    suspect burst and tone together relapsed to 14.9% ASR after a clean fine-tune at lr 0.05, the burst alone to
-    9.1%). Otherwise, with `purify_unlearn="flagged"`, each chosen
-    target with the families whose detection named it a candidate (a pitch-shift trigger is not unlearned as a
-    noise, nor a noise as a pitch shift); with `"all"`, every family (of `families`, default `purify_families`:
-    those that can invert the model) for every target."""
+    """The (target, family) pairs each round inverts and unlearns. A target unlearned with the additive family
+    whose shape inversions (`shaped`: rows of [`shape_suspects`]) reach `purify_shape_min_success` is unlearned
+    with its most successful shape alone: a sound added to the clip, a short loud one or a tone like the trigger,
+    rather than a faint perturbation over the whole clip, which costs accuracy on every class and leaves the real
+    pathway in place (two shapes share the copies: on `make demo`'s suspect burst and tone together relapsed to
+    14.9% ASR after a clean fine-tune at lr 0.05, the burst alone to 9.1%). Any other target is unlearned with its
+    [`detection_families`]. A target only the spectral family named is never shaped: a pitch shift is no added
+    sound, and on the grid's PBSM suspect a burst that reached the bar (0.60–0.61, against 0.81–0.95 for the pitch
+    shift) left 10–22% ASR and 68–84% after retuning where unlearning the pitch shift had left 1–8%."""
     plan = []
     for target in targets:
+        named = detection_families(refined, target, config, families)
         shapes = [row for row in shaped or [] if row["target"] == target
                   and row["success"] >= config.purify_shape_min_success]  # fmt: skip
-        if shapes:  # the most successful shape alone (the first of `purify_shapes` on a tie)
+        if (
+            shapes and "additive" in named
+        ):  # the most successful shape alone (the first of `purify_shapes` on a tie)
             plan.append((target, max(shapes, key=lambda row: row["success"])["family"]))
-        elif config.purify_unlearn == "all":
-            plan += [
-                (target, family) for family in (config.purify_families if families is None else families)
-            ]
         else:
-            plan += [(row["target"], row["family"]) for row in refined if row["target"] == target]
+            plan += [(target, family) for family in named]
     return plan
 
 
@@ -961,12 +981,11 @@ def apply_purify(
                               batch_size=config.per_device_train_batch_size, detection=detection)  # fmt: skip
     seconds = {"detection": detected - started, "refinement": time.perf_counter() - detected}
     targets = list(dict.fromkeys(row["target"] for row in refined))[: config.purify_max_targets]
-    shaped = shape_suspects(defended, extractor, detection_clips, targets, config,
-                            batch_size=config.per_device_train_batch_size)  # fmt: skip
+    families = supported_families(defended, config.purify_families)
+    shaped = shape_suspects(defended, extractor, detection_clips, shape_candidates(refined, targets, config, families),
+                            config, batch_size=config.per_device_train_batch_size)  # fmt: skip
     seconds["shapes"] = time.perf_counter() - detected - seconds["refinement"]
-    plan = unlearning_plan(
-        refined, targets, config, supported_families(defended, config.purify_families), shaped
-    )
+    plan = unlearning_plan(refined, targets, config, families, shaped)
     # the classes whose logit the distillations' teacher leaves out
     hidden = targets if config.purify_distillation_hides_target else []
     info: dict[str, Any] = {
