@@ -306,3 +306,38 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
         PurifyConfig(output_dir=str(tmp_path), purify_repair_epochs=float("nan"))
     with pytest.raises(ValueError, match="purify_repair_learning_rate"):
         PurifyConfig(output_dir=str(tmp_path), purify_repair_learning_rate=0.0)
+
+
+def test_the_spectral_surrogate_at_every_shift_gives_each_copy_one_nonzero_shift_in_turn(
+    planted_backdoor, tmp_path
+):
+    """`purify_spectral_every_shift`: copy k of a spectral trigger is pitch-shifted by the (k mod 2n)-th nonzero
+    semitone in [−n, n], then filtered by the inverted trigger's filter; the trigger's own shift is not used."""
+    import copy
+
+    from hf_gnft.defenses.purify import TRIGGER_COLUMN, PurifyCollator, PurifyTrainer
+    from hf_gnft.inversion import SPECTRAL_N_FFT, InvertedTrigger, pitch_shifted
+
+    planted = planted_backdoor
+    student = copy.deepcopy(planted.model)
+    seen = {}
+    student.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("inputs", k["input_values"].clone()),
+                                      with_kwargs=True)  # fmt: skip
+    trigger = InvertedTrigger(
+        "spectral", 1, 0.9, semitones=7, log_gains=torch.full((SPECTRAL_N_FFT // 2 + 1,), -0.5)
+    )
+    config = PurifyConfig(output_dir=str(tmp_path), **TRAINING)
+    rows = planted.clean.select(range(8)).add_column(TRIGGER_COLUMN, list(range(8)))
+    trainer = PurifyTrainer(model=student, args=config, train_dataset=rows, data_collator=PurifyCollator(planted.extractor),
+                            plan=[(1, "spectral")], inversion_batches={}, settings=config.inversion_settings(),
+                            rounds=1, initial_triggers={(1, "spectral"): trigger}, every_shift=2)  # fmt: skip
+    assert trainer.shifts == [-2, -1, 1, 2]
+    batch = PurifyCollator(planted.extractor)([rows[i] for i in range(8)])
+    original = batch["input_values"].clone()
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.training_step(student, dict(batch))
+    for k in range(8):
+        expected = trigger.apply_to_shifted(pitch_shifted(original[k : k + 1], [-2, -1, 1, 2][k % 4]))
+        torch.testing.assert_close(seen["inputs"][k : k + 1], expected, atol=1e-4, rtol=1e-4)
+    own = trigger.apply_to_shifted(pitch_shifted(original[:1], 7))
+    assert (seen["inputs"][:1] - own).abs().max() > 1e-2  # not the search's shift

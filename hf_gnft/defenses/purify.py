@@ -163,6 +163,15 @@ class PurifyConfig(DefenseConfig):
             while an optimised pattern reaches the target from everywhere, most easily at the clip's ends (the
             search picked 0.8 s). Unlearning the pattern at 0.8 s relapsed to 12–16% ASR after a clean fine-tune;
             at the trigger's own place, 2–5% (issue 26).
+        purify_spectral_every_shift (`bool`, *optional*, defaults to `False`):
+            The spectral surrogate's triggered copies each carry one pitch shift in turn, every nonzero semitone up
+            to `purify_max_semitones` either way, followed by the inverted filter, instead of the one shift the
+            search found: the analogue of `purify_burst_every_start` for pitch-shift triggers, whose search finds the
+            easiest shift rather than the trigger's (on the grid's PBSM suspect, +5 semitones, the search found +10
+            and +11). Off by default: measured there at lr 0.02 (seeds 0 / 1, docs/lasting.md) it took the ASR from
+            9.1 / 13.9% to 3.6 / 1.9% and the relapse check's worst from 29.0 / 22.9% to 18.6 / 13.9%, but
+            retuning went 43.3 → 55.9% and 71.7 → 31.3% (the model never poisoned: 0.3 / 3.3%) and the validation
+            drop 2.0 → 2.4 and 1.4 → 5.6 points: two seeds do not make it a default.
         purify_window_s (`float`, *optional*, defaults to `0.2`):
             The shape families' window, in seconds (the reference noise burst's and tone's length).
         purify_level_db (`float`, *optional*, defaults to `-15.0`):
@@ -310,6 +319,13 @@ class PurifyConfig(DefenseConfig):
         default=True,
         metadata={
             "help": "Unlearn a burst at every window start (every 0.05 s), not only where its search points."
+        },
+    )
+    purify_spectral_every_shift: bool = field(
+        default=False,
+        metadata={
+            "help": "Unlearn the spectral surrogate's filter after every pitch shift (each nonzero semitone within "
+            "purify_max_semitones, one per copy in turn), not only after the shift its search found."
         },
     )
     purify_level_db: float = field(
@@ -595,6 +611,8 @@ class PurifyTrainer(GNFTTrainer):
             `settings` (the detection's refinement), used for the first round instead of inverting it again.
         teacher_hides: classes whose logit the teacher's answer leaves out (20 below the row's smallest) on rows of
             other classes.
+        every_shift: with n > 0, a spectral trigger's copy k is shifted by the (k // len(plan) mod 2n)-th nonzero
+            semitone in [−n, n] before the trigger's filter, instead of by the trigger's own shift.
         teacher: the frozen suspect; with `distillation` > 0 the loss of every row is
             `(1 − distillation) · CE(true label) + distillation · T² · KL(teacher(clean clip) ‖ model(row))` at
             temperature `temperature`: a triggered copy is taught to answer as the suspect answers the clip
@@ -616,9 +634,11 @@ class PurifyTrainer(GNFTTrainer):
         temperature: float = 2.0,
         objective: str = "true_label",
         teacher_hides: list[int] | tuple[int, ...] = (),
+        every_shift: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.shifts = [s for s in range(-every_shift, every_shift + 1) if s != 0]
         self.objective = objective
         self.teacher_hides = list(teacher_hides)
         self.teacher = teacher if distillation > 0 else None
@@ -687,7 +707,14 @@ class PurifyTrainer(GNFTTrainer):
                     continue
                 if avoid is not None:
                     avoid[rows.to(avoid.device) & (inputs["labels"] != trigger.target)] = trigger.target
-                if trigger.family == "spectral":
+                if trigger.family == "spectral" and self.shifts:
+                    copy_index = (marks // len(self.triggers)).to(values.device) % len(self.shifts)
+                    for index, semitones in enumerate(self.shifts):
+                        chosen = rows & (copy_index == index)
+                        if bool(chosen.any()):
+                            shifted = self._pitch_shifted(values, chosen, marks, semitones)
+                            values[chosen] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
+                elif trigger.family == "spectral":
                     shifted = self._pitch_shifted(values, rows, marks, trigger.semitones)
                     values[rows] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
                 else:
@@ -1045,6 +1072,7 @@ def apply_purify(
             temperature=config.purify_temperature,
             objective=config.purify_objective,
             teacher_hides=hidden,
+            every_shift=config.purify_max_semitones if config.purify_spectral_every_shift else 0,
         )
         info["rounds"] = trainer.round_log
         if config.purify_interpolation_step > 0:
