@@ -549,9 +549,8 @@ def unlearning_plan(
         named = detection_families(refined, target, config, families)
         shapes = [row for row in shaped or [] if row["target"] == target
                   and row["success"] >= config.purify_shape_min_success]  # fmt: skip
-        if (
-            shapes and "additive" in named
-        ):  # the most successful shape alone (the first of `purify_shapes` on a tie)
+        # the most successful shape alone (the first of `purify_shapes` on a tie)
+        if shapes and "additive" in named:
             plan.append((target, max(shapes, key=lambda row: row["success"])["family"]))
         else:
             plan += [(target, family) for family in named]
@@ -707,16 +706,15 @@ class PurifyTrainer(GNFTTrainer):
                     continue
                 if avoid is not None:
                     avoid[rows.to(avoid.device) & (inputs["labels"] != trigger.target)] = trigger.target
-                if trigger.family == "spectral" and self.shifts:
-                    copy_index = (marks // len(self.triggers)).to(values.device) % len(self.shifts)
-                    for index, semitones in enumerate(self.shifts):
-                        chosen = rows & (copy_index == index)
+                if trigger.family == "spectral":
+                    groups = [(trigger.semitones, rows)]  # the search's shift, or each copy's shift in turn
+                    if self.shifts:
+                        copy_index = (marks // len(self.triggers)).to(values.device) % len(self.shifts)
+                        groups = [(shift, rows & (copy_index == i)) for i, shift in enumerate(self.shifts)]
+                    for semitones, chosen in groups:
                         if bool(chosen.any()):
                             shifted = self._pitch_shifted(values, chosen, marks, semitones)
                             values[chosen] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
-                elif trigger.family == "spectral":
-                    shifted = self._pitch_shifted(values, rows, marks, trigger.semitones)
-                    values[rows] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
                 else:
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
             inputs = {**inputs, name: values}
