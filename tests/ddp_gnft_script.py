@@ -1,15 +1,21 @@
-"""Run by test_gnft_ddp.py under `accelerate launch --cpu --num_processes 2`: a few GN-FT steps with DDP."""
+"""Run by test_gnft_ddp.py under `torchrun --nproc_per_node 2` (CPU, gloo): a few GN-FT steps with DDP."""
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from pathlib import Path
 
 import torch
 from testing_utils import Float64Collator, InOrderGNFT, config, flat, sine_dataset, tiny_model
 
+HANG_AFTER_S = 180
+
 
 def main(output: str, workdir: str) -> None:
+    # A worker stuck in a collective prints every thread's stack and exits before the test's time-out,
+    # so a hang names its place in the log instead of an empty one.
+    faulthandler.dump_traceback_later(HANG_AFTER_S, exit=True)
     data = sine_dataset(num_rows=16, seconds=0.4)
     model, extractor = tiny_model()
     args = config(

@@ -24,11 +24,12 @@ HERE = Path(__file__).resolve().parent
 def test_two_process_ddp_matches_single_process_accumulation(tmp_path):
     output = tmp_path / "ddp.pt"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()),
         str(HERE / "ddp_gnft_script.py"), str(output), str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    code, stdout, stderr = run_launcher(command, env, timeout=120)
+    code, stdout, stderr = run_launcher(command, env, timeout=240)  # a hung worker dumps its stack at 180 s
     assert code == 0, stdout[-2000:] + stderr[-6000:]
     ddp = torch.load(output)
 

@@ -225,9 +225,11 @@ def run_launcher(command: list[str], env: dict, timeout: float) -> tuple[int, st
         except subprocess.TimeoutExpired:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait(timeout=30)
+            out.seek(0)
             err.seek(0)
             raise AssertionError(
-                f"the multi-process run did not finish in {timeout} s:\n{err.read()[-4000:]}"
+                f"the multi-process run did not finish in {timeout} s:\n"
+                f"{out.read()[-2000:]}\n{err.read()[-6000:]}"
             ) from None
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
