@@ -937,14 +937,10 @@ def closest_cells(rows: list[dict], key: tuple) -> tuple[float, list[dict]]:
     return value, by_value[value]
 
 
-def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
-    """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
-    seeds), with its wall time and peak memory relative to the reference defense's in the same run; a defense
-    that refused a model (`unsupported` cells) says so."""
-    failed = failed_cells(rows)
-    refused = {(r["model"], r["trigger"], r["defense"]) for r in rows if r.get("unsupported")}
-    rows = [r for r in rows if not r.get("unsupported") and not r.get("failed")]
-    chosen = choose_cells(rows, config)
+def reference_costs(rows: list[dict], config: BenchmarkConfig) -> dict[tuple, tuple[float, float | None]]:
+    """(model, trigger, machine) -> the mean wall time and peak memory of every run of the reference defense
+    (`config.reference`, plain FT) on that suspect and kind of machine, whatever value the rule chose: the cost
+    unit of the time and memory ratios."""
     reference: dict[tuple, tuple[float, float | None]] = {}
     for model, trigger, machine in {(r["model"], r["trigger"], r.get("machine")) for r in rows}:
         runs = [
@@ -953,12 +949,24 @@ def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
             if (r["model"], r["trigger"], r["defense"], r.get("machine"))
             == (model, trigger, config.reference, machine)
         ]
-        if runs:  # every run of the reference on this suspect and machine, whatever value the rule chose
+        if runs:
             memory = [r["peak_mib"] for r in runs if r["peak_mib"]]
             reference[(model, trigger, machine)] = (
                 statistics.mean(r["seconds"] for r in runs),
                 statistics.mean(memory) if memory else None,
             )
+    return reference
+
+
+def summarise(rows: list[dict], config: BenchmarkConfig) -> str:
+    """The markdown table: per model and attack, each defense at its chosen knob value (mean ± std over
+    seeds), with its wall time and peak memory relative to the reference defense's in the same run; a defense
+    that refused a model (`unsupported` cells) says so."""
+    failed = failed_cells(rows)
+    refused = {(r["model"], r["trigger"], r["defense"]) for r in rows if r.get("unsupported")}
+    rows = [r for r in rows if not r.get("unsupported") and not r.get("failed")]
+    chosen = choose_cells(rows, config)
+    reference = reference_costs(rows, config)
     lines = [
         f"Each defense at the knob value chosen on clean validation data (the strongest with a mean drop ≤ "
         f"{100 * config.max_validation_drop:g} pp, or with the re-inversion check the least re-invertible of those); CA / ASR / RA in %, mean ± std over seeds; time and memory "
@@ -1028,6 +1036,8 @@ TARGET_RELAPSE_ASR = {"noise_burst": 0.10, "tone": 0.10, "pbsm": 0.25, "style": 
 TARGET_CLEAN_COST = 0.01
 #: how far above the clean model's retuned ASR a defended model's may end
 TARGET_RETUNED_MARGIN = 0.10
+#: the most a defense's wall time may be, in multiples of the reference defense's (plain FT) in the same run
+TARGET_COST_RATIO = 5.0
 
 
 def _mean(values: list[float]) -> float | None:
@@ -1035,85 +1045,102 @@ def _mean(values: list[float]) -> float | None:
 
 
 def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
-    """One row per suspect for `defense` at the rule's choice (mean over seeds) with a plain verdict against the
-    targets: ASR (`TARGET_ASR`), the 2-point validation rule, the ASR after the relapse fine-tunes
+    """One row per suspect for `defense` at the rule's choice (mean over seeds) with a plain verdict listing every
+    target it misses: ASR (`TARGET_ASR`), the 2-point validation rule, the ASR after the relapse fine-tunes
     (`TARGET_RELAPSE_ASR`, the worse learning rate), the retuned ASR within `TARGET_RETUNED_MARGIN` of the clean
-    model's; and per clean model, its CA cost (`TARGET_CLEAN_COST`)."""
+    model's, and the wall time within `TARGET_COST_RATIO` of the reference defense's; and per clean model, its CA
+    cost (`TARGET_CLEAN_COST`). Where no value passes the rule, the row shows the closest and judges it too."""
     rows = [r for r in rows if not r.get("unsupported") and not r.get("failed")]
     chosen = choose_cells(rows, config)
+    costs = reference_costs(rows, config)
     lines = [
         "| model | attack | before CA / ASR | setting (rule's choice) | CA | ASR | validation drop "
-        "| ASR after relapse | ASR after retuning (clean model's) | seeds | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| ASR after relapse | ASR after retuning (clean model's) | time × {config.reference} | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, trigger in sorted({(r["model"], r["trigger"]) for r in rows if r["trigger"] != CLEAN}):
+    suspects = {(r["model"], r["trigger"]) for r in rows}
+    for model, trigger in sorted(suspects, key=lambda pair: (pair[1] == CLEAN, pair)):  # clean models last
         runs_here = [r for r in rows if (r["model"], r["trigger"], r["defense"]) == (model, trigger, defense)]
         if not runs_here:
             continue
+        value, runs, setting, misses = _headline_choice(rows, chosen, config, (model, trigger, defense))
+        unmeasured: list[str] = []
         before = runs_here[0]["before"]
-        head = (f"| {model} | {trigger} | {100 * before['clean_accuracy']:.1f} / "
-                f"{100 * before['attack_success_rate']:.1f} ")  # fmt: skip
-        choice = chosen.get((model, trigger, defense))
-        if choice is None:
-            value, runs = closest_cells(rows, (model, trigger, defense))
-            lines.append(
-                head + f"| none passes the rule (closest {runs[0]['knob']}={value:g}) "
-                f"| {_pct([r['after']['clean_accuracy'] for r in runs])} "
-                f"| {_pct([r['after']['attack_success_rate'] for r in runs])} "
-                f"| {_pct([validation_drop(r) for r in runs])} | {_relapse_asr(runs)} | {_retuned_asr(runs, 'after')} "
-                f"| {len(runs)} | **misses**: no setting keeps the validation drop within "
-                f"{100 * config.max_validation_drop:g} points |"
-            )
-            continue
-        value, runs = choice
-        misses = []
-        asr = _mean([r["after"]["attack_success_rate"] for r in runs])
-        if trigger in TARGET_ASR and asr is not None and asr > TARGET_ASR[trigger]:
-            misses.append(f"ASR {100 * asr:.1f} > {100 * TARGET_ASR[trigger]:g}")
-        relapses = [_mean(values) for values in _relapse_by_rate(runs).values()]
-        worst = max((x for x in relapses if x is not None), default=None)
-        if trigger in TARGET_RELAPSE_ASR and worst is not None and worst > TARGET_RELAPSE_ASR[trigger]:
-            misses.append(f"relapse {100 * worst:.1f} > {100 * TARGET_RELAPSE_ASR[trigger]:g}")
-        retuned = _mean(
-            [
-                r["retuned"]["after"]["attack_success_rate"]
-                for r in runs
-                if (r.get("retuned") or {}).get("after")
-            ]
-        )
-        reference = _mean([r["retuned"]["reference"]["attack_success_rate"] for r in runs
-                           if (r.get("retuned") or {}).get("reference")])  # fmt: skip
-        if retuned is not None and reference is not None and retuned > reference + TARGET_RETUNED_MARGIN:
-            misses.append(
-                f"retuned {100 * retuned:.1f} > clean {100 * reference:.1f} + {100 * TARGET_RETUNED_MARGIN:g}"
-            )
-        unmeasured = [name for name, value in (("relapse", worst), ("clean model's retuning", reference))
-                      if value is None]  # fmt: skip
+        if trigger == CLEAN:
+            cost = _mean([r["before"]["clean_accuracy"] - r["after"]["clean_accuracy"] for r in runs])
+            if cost > TARGET_CLEAN_COST:
+                misses.append(f"CA cost {100 * cost:.1f} > {100 * TARGET_CLEAN_COST:g}")
+            head = f"| {model} | none (trained clean) | {100 * before['clean_accuracy']:.1f} / — "
+            asr = relapse = retuned = ""
+        else:
+            misses += _backdoor_misses(trigger, runs, unmeasured)
+            head = (f"| {model} | {trigger} | {100 * before['clean_accuracy']:.1f} / "
+                    f"{100 * before['attack_success_rate']:.1f} ")  # fmt: skip
+            reference = _retuned_asr(runs, "reference")
+            asr = _pct([r["after"]["attack_success_rate"] for r in runs])
+            relapse = _relapse_asr(runs)
+            retuned = _retuned_asr(runs, "after") + (f" ({reference})" if reference else "")
+        time_ratio = _ratio(runs, costs, model, trigger, 0, "seconds")
+        if time_ratio is None:
+            unmeasured.append(f"time × {config.reference}")
+        elif time_ratio > TARGET_COST_RATIO:
+            misses.append(f"time {time_ratio:.1f}× {config.reference} > {TARGET_COST_RATIO:g}×")
         verdict = "meets the targets" if not misses else "**misses**: " + "; ".join(misses)
         if unmeasured:
             verdict += f" (not measured: {', '.join(unmeasured)})"
         if len(runs) < len(config.seeds):
             verdict += f" ({len(runs)} of {len(config.seeds)} seeds so far)"
-        reference_text = f" ({_retuned_asr(runs, 'reference')})" if reference is not None else ""
+        ratio = f"{time_ratio:.1f}" if time_ratio is not None else ""
         lines.append(
-            head + f"| {runs[0]['knob']}={value:g} | {_pct([r['after']['clean_accuracy'] for r in runs])} "
-            f"| {_pct([r['after']['attack_success_rate'] for r in runs])} | {_pct([validation_drop(r) for r in runs])} "
-            f"| {_relapse_asr(runs)} | {_retuned_asr(runs, 'after')}{reference_text} | {len(runs)} | {verdict} |"
-        )
-    for model in sorted({r["model"] for r in rows if r["trigger"] == CLEAN}):
-        choice = chosen.get((model, CLEAN, defense))
-        if choice is None:
-            continue
-        value, runs = choice
-        cost = _mean([r["before"]["clean_accuracy"] - r["after"]["clean_accuracy"] for r in runs])
-        verdict = ("meets the targets" if cost <= TARGET_CLEAN_COST
-                   else f"**misses**: CA cost {100 * cost:.1f} > {100 * TARGET_CLEAN_COST:g}")  # fmt: skip
-        lines.append(
-            f"| {model} | none (trained clean) | {100 * runs[0]['before']['clean_accuracy']:.1f} / — "
-            f"| {runs[0]['knob']}={value:g} | {_pct([r['after']['clean_accuracy'] for r in runs])} | | "
-            f"{_pct([validation_drop(r) for r in runs])} | | | {len(runs)} | {verdict} |"
+            head + f"| {setting} | {_pct([r['after']['clean_accuracy'] for r in runs])} | {asr} "
+            f"| {_pct([validation_drop(r) for r in runs])} | {relapse} | {retuned} | {ratio} | {len(runs)} "
+            f"| {verdict} |"
         )
     return "\n".join(lines)
+
+
+def _headline_choice(
+    rows: list[dict], chosen: dict[tuple, tuple[float, list[dict]]], config: BenchmarkConfig, key: tuple
+) -> tuple[float, list[dict], str, list[str]]:
+    """The rule's (value, runs) for `key`, its setting's text and the misses so far: where no value passes the
+    rule, the closest value, marked, and the validation rule missed."""
+    if key in chosen:
+        value, runs = chosen[key]
+        return value, runs, f"{runs[0]['knob']}={value:g}", []
+    value, runs = closest_cells(rows, key)
+    drop = statistics.mean(validation_drop(r) for r in runs)
+    return (
+        value,
+        runs,
+        f"none passes the rule (closest {runs[0]['knob']}={value:g})",
+        [
+            f"validation drop > {100 * config.max_validation_drop:g} at every setting (closest {100 * drop:.1f})"
+        ],
+    )
+
+
+def _backdoor_misses(trigger: str, runs: list[dict], unmeasured: list[str]) -> list[str]:
+    """The backdoor targets `runs` miss (ASR, relapse, retuning against the clean model's); what was not measured
+    is added to `unmeasured`."""
+    misses = []
+    asr = _mean([r["after"]["attack_success_rate"] for r in runs])
+    if trigger in TARGET_ASR and asr is not None and asr > TARGET_ASR[trigger]:
+        misses.append(f"ASR {100 * asr:.1f} > {100 * TARGET_ASR[trigger]:g}")
+    relapses = [_mean(values) for values in _relapse_by_rate(runs).values()]
+    worst = max((x for x in relapses if x is not None), default=None)
+    if trigger in TARGET_RELAPSE_ASR and worst is not None and worst > TARGET_RELAPSE_ASR[trigger]:
+        misses.append(f"relapse {100 * worst:.1f} > {100 * TARGET_RELAPSE_ASR[trigger]:g}")
+    retuned = _mean([r["retuned"]["after"]["attack_success_rate"] for r in runs
+                     if (r.get("retuned") or {}).get("after")])  # fmt: skip
+    reference = _mean([r["retuned"]["reference"]["attack_success_rate"] for r in runs
+                       if (r.get("retuned") or {}).get("reference")])  # fmt: skip
+    if retuned is not None and reference is not None and retuned > reference + TARGET_RETUNED_MARGIN:
+        misses.append(
+            f"retuned {100 * retuned:.1f} > clean {100 * reference:.1f} + {100 * TARGET_RETUNED_MARGIN:g}"
+        )
+    unmeasured += [name for name, value in (("relapse", worst), ("clean model's retuning", reference))
+                   if value is None]  # fmt: skip
+    return misses
 
 
 def failed_cells(rows: list[dict]) -> list[dict]:

@@ -451,3 +451,53 @@ def test_shipped_lasting_grid_runs_every_lasting_check_and_the_oracle():
     assert config.relapse and config.retuning and config.retuning_reference and config.reinversion
     assert config.clean_models and config.interpolation_points == 11 and config.seeds == [0, 1, 2]
     assert config.models == ["tiny-wav2vec2", "tiny-hubert"] and len(config.triggers) == 4
+
+
+def test_the_headline_verdict_names_every_target_a_row_misses(tmp_path):
+    """The README's lead table: each row judged on ASR, relapse, retuning against the clean model's, cost against
+    FT and (clean models) CA cost; a row where no value passes the rule names its other misses too."""
+    from hf_gnft.benchmark import headline
+
+    config = BenchmarkConfig(**grid(tmp_path, seeds=[0, 1], clean_models=True, defenses={
+        "ft": {"grid": [0.01]}, "purify": {"grid": [0.02, 0.05]}}))  # fmt: skip
+
+    def row(trigger, defense, value, seed, *, drop, ca, asr=0.0, relapse=(0.0, 0.0), retuned=0.0, clean=0.0,
+            seconds=10.0):  # fmt: skip
+        attacked = trigger != "clean"
+        return {"model": "m", "trigger": trigger, "defense": defense, "knob": "learning_rate", "value": value,
+                "seed": seed, "seconds": seconds, "peak_mib": 100.0, "machine": "cpu",
+                "before": {"clean_accuracy": 0.96, "attack_success_rate": 0.9 if attacked else None},
+                "after": {"clean_accuracy": ca, "attack_success_rate": asr if attacked else None},
+                "validation_accuracy": {"before": 0.95, "after": 0.95 - drop},
+                "relapse": {"runs": [{"learning_rate": 0.01, "attack_success_rate": relapse[0]},
+                                     {"learning_rate": 0.05, "attack_success_rate": relapse[1]}]} if attacked else None,
+                "retuned": {"after": {"attack_success_rate": retuned},
+                            "reference": {"attack_success_rate": clean}} if attacked else None}  # fmt: skip
+
+    rows = [
+        row(t, "ft", 0.01, s, drop=0.0, ca=0.95, asr=0.8) for t in ("tone", "pbsm", "clean") for s in (0, 1)
+    ]
+    # tone: 0.05 passes the rule and meets every target at 4× FT's time
+    rows += [row("tone", "purify", 0.05, s, drop=0.01, ca=0.95, asr=0.01, retuned=0.05, clean=0.01, seconds=40.0)
+             for s in (0, 1)]  # fmt: skip
+    # pbsm: no value keeps the drop within 2 points; the closest (0.02) also misses relapse, retuning and cost
+    rows += [row("pbsm", "purify", 0.02, s, drop=0.03, ca=0.93, asr=0.1, relapse=(0.1, 0.3), retuned=0.4,
+                 clean=0.02, seconds=120.0) for s in (0, 1)]  # fmt: skip
+    rows += [row("pbsm", "purify", 0.05, s, drop=0.05, ca=0.91, asr=0.05) for s in (0, 1)]
+    # the clean model: 1.5 points of CA
+    rows += [row("clean", "purify", value, s, drop=0.0, ca=0.945) for value in (0.02, 0.05) for s in (0, 1)]
+    lines = headline(rows, config, "purify").splitlines()
+    assert "time × ft" in lines[0] and [line.split(" | ")[1] for line in lines[2:]] == [
+        "pbsm", "tone", "none (trained clean)"]  # fmt: skip
+    pbsm, tone, clean = lines[2:]
+    assert (
+        "none passes the rule (closest learning_rate=0.02)" in pbsm and "| 40.0 ± 0.0 (2.0 ± 0.0) |" in pbsm
+    )
+    assert pbsm.endswith(
+        "| 12.0 | 2 | **misses**: validation drop > 2 at every setting (closest 3.0); relapse 30.0 > 25; "
+        "retuned 40.0 > clean 2.0 + 10; time 12.0× ft > 5× |"
+    )
+    assert "| learning_rate=0.05 |" in tone and tone.endswith(
+        "| 5.0 ± 0.0 (1.0 ± 0.0) | 4.0 | 2 | meets the targets |"
+    )
+    assert clean.endswith("| 1.0 | 2 | **misses**: CA cost 1.5 > 1 |")

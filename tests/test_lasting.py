@@ -306,6 +306,14 @@ def test_the_repair_fine_tunes_on_clean_clips_after_unlearning(planted_backdoor,
         PurifyConfig(output_dir=str(tmp_path), purify_repair_epochs=float("nan"))
     with pytest.raises(ValueError, match="purify_repair_learning_rate"):
         PurifyConfig(output_dir=str(tmp_path), purify_repair_learning_rate=0.0)
+    with pytest.raises(ValueError, match="purify_fallback_learning_rate"):
+        PurifyConfig(output_dir=str(tmp_path), purify_fallback_learning_rate=float("inf"))
+    assert (
+        PurifyConfig(
+            output_dir=str(tmp_path), purify_fallback_learning_rate=None
+        ).purify_fallback_learning_rate
+        is None
+    )
 
 
 def test_the_spectral_surrogate_at_every_shift_gives_each_copy_one_nonzero_shift_in_turn(

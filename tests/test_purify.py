@@ -513,6 +513,7 @@ def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_pla
 
 
 def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted_backdoor, tmp_path):
+    """Nothing to unlearn: GN-FT with the mixed set's steps at the GN-FT defense's rate, not purify's 0.05."""
     planted = planted_backdoor
     before = backdoor_metrics(planted, planted.clean_model)
     outcome = apply_purify(planted.clean_model, planted.extractor, planted.clean, purify_config(tmp_path))
@@ -520,6 +521,9 @@ def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted
     print(outcome.info["detection"])
     assert outcome.info["targets"] == [] and outcome.info["fallback"] == "gn-ft"
     assert outcome.info["steps"] == 20  # GN-FT with the mixed set's steps
+    assert TRAINING["learning_rate"] == 0.05 and outcome.info["fallback_learning_rate"] == 0.01
+    rates = [row["learning_rate"] for row in outcome.info["log_history"] if "learning_rate" in row]
+    assert rates and max(rates) <= 0.01
     assert abs(after.clean_accuracy - before.clean_accuracy) <= 0.01
     assert np.isfinite(list(outcome.info["detection"]["gap"].values())).all()
 

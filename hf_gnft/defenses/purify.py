@@ -22,7 +22,8 @@ The defender has the suspect and a small clean labelled subset. Purification
    inversion can miss what is left of a trigger, so neither is on by default.
 
 A model in which no class stands out is not touched by unlearning: purification then runs GN-FT with the same
-number of steps and `info["fallback"]` says so (the card too).
+number of steps at the GN-FT defense's learning rate (`purify_fallback_learning_rate`) and `info["fallback"]`
+says so (the card too).
 
 This is the recipe of the unlearning defenses that reach low attack success with little clean data on images
 (I-BAU, Zeng et al., ICLR 2022; BTI-DBF(U), Xu et al., ICLR 2024; SAU, Wei et al., NeurIPS 2023): unlearn an
@@ -126,6 +127,12 @@ class PurifyConfig(DefenseConfig):
             (validation −6.4), 10.6 / 21.7%, 7.1%. Not after the GN-FT fallback.
         purify_repair_learning_rate (`float`, *optional*, defaults to `0.01`):
             The repair's learning rate (the FT defense's).
+        purify_fallback_learning_rate (`float`, *optional*, defaults to `0.01`):
+            The learning rate of the GN-FT fallback when no class stands out (the GN-FT defense's; `None`: the
+            unlearning's `learning_rate`). Purify's larger rate buys depth of unlearning; with nothing to unlearn it
+            only costs accuracy. Measured on the lasting grid's tiny Wav2Vec2 trained without poisoning (3 seeds,
+            the cells of commit 11823ca): the fallback at 0.02 / 0.05 lost 1.0 / 1.2 points of test accuracy on
+            average, FT at 0.01 0.6.
         purify_repair_distillation (`float`, *optional*, defaults to `0.8`):
             Weight w of a distillation from the frozen suspect during the repair: each clean clip's loss becomes
             (1 − w) · CE(true label) + w · T² · KL(suspect(clip) ‖ model(clip)), the suspect's leaning to the
@@ -287,6 +294,12 @@ class PurifyConfig(DefenseConfig):
     )
     purify_repair_learning_rate: float = field(
         default=0.01, metadata={"help": "The repair fine-tune's learning rate (the FT defense's)."}
+    )
+    purify_fallback_learning_rate: float | None = field(
+        default=0.01,
+        metadata={
+            "help": "Learning rate of the GN-FT fallback when no class stands out (None: learning_rate)."
+        },
     )
     purify_repair_distillation: float = field(
         default=0.8,
@@ -480,6 +493,11 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(f"purify_repair_epochs must be a finite number >= 0, got {epochs!r}")
         if not (is_finite_number(rate) and rate > 0):
             raise ValueError(f"purify_repair_learning_rate must be a finite number > 0, got {rate!r}")
+        rate = self.purify_fallback_learning_rate
+        if rate is not None and not (is_finite_number(rate) and rate > 0):
+            raise ValueError(
+                f"purify_fallback_learning_rate must be None or a finite number > 0, got {rate!r}"
+            )
         share = self.purify_shape_min_success
         if not (is_finite_number(share) and 0 < share <= 1):
             raise ValueError(f"purify_shape_min_success must be in (0, 1], got {share!r}")
@@ -1030,9 +1048,12 @@ def apply_purify(
         # nothing stands out: no unlearning, GN-FT with the same number of steps (the mixed set's)
         budget = copy.deepcopy(config)
         budget.num_train_epochs = config.num_train_epochs * (1 + config.purify_mix_ratio)
+        if config.purify_fallback_learning_rate is not None:
+            budget.learning_rate = config.purify_fallback_learning_rate
         logger.info("Purify: no class stands out in the inversion; running GN-FT with the same budget")
         trainer = fine_tune(defended, extractor, clean, budget, trainer_class=GNFTTrainer)
         info["fallback"] = "gn-ft"
+        info["fallback_learning_rate"] = budget.learning_rate
     else:
         batching, normalize, rate = model_input(defended, extractor)
         if config.purify_relearn_encoder_steps > 0 and feature_encoder(defended) is not None:
