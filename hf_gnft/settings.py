@@ -157,6 +157,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_window_s": POSITIVE,
     "purify_repair_epochs": NON_NEGATIVE,
     "purify_repair_learning_rate": POSITIVE,
+    "purify_fallback_learning_rate": POSITIVE,
     "purify_level_db": Range(-INF, 0),
     "purify_radius": POSITIVE,
     "purify_max_gain_db": POSITIVE,

@@ -493,11 +493,6 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(f"purify_repair_epochs must be a finite number >= 0, got {epochs!r}")
         if not (is_finite_number(rate) and rate > 0):
             raise ValueError(f"purify_repair_learning_rate must be a finite number > 0, got {rate!r}")
-        rate = self.purify_fallback_learning_rate
-        if rate is not None and not (is_finite_number(rate) and rate > 0):
-            raise ValueError(
-                f"purify_fallback_learning_rate must be None or a finite number > 0, got {rate!r}"
-            )
         share = self.purify_shape_min_success
         if not (is_finite_number(share) and 0 < share <= 1):
             raise ValueError(f"purify_shape_min_success must be in (0, 1], got {share!r}")
