@@ -1063,7 +1063,7 @@ def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
         runs_here = [r for r in rows if (r["model"], r["trigger"], r["defense"]) == (model, trigger, defense)]
         if not runs_here:
             continue
-        value, runs, setting, misses = _headline_choice(rows, chosen, config, (model, trigger, defense))
+        runs, setting, misses = _headline_choice(rows, chosen, config, (model, trigger, defense))
         unmeasured: list[str] = []
         before = runs_here[0]["before"]
         if trigger == CLEAN:
@@ -1073,7 +1073,8 @@ def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
             head = f"| {model} | none (trained clean) | {100 * before['clean_accuracy']:.1f} / — "
             asr = relapse = retuned = ""
         else:
-            misses += _backdoor_misses(trigger, runs, unmeasured)
+            missed, unmeasured = _backdoor_misses(trigger, runs)
+            misses += missed
             head = (f"| {model} | {trigger} | {100 * before['clean_accuracy']:.1f} / "
                     f"{100 * before['attack_success_rate']:.1f} ")  # fmt: skip
             reference = _retuned_asr(runs, "reference")
@@ -1101,16 +1102,15 @@ def headline(rows: list[dict], config: BenchmarkConfig, defense: str) -> str:
 
 def _headline_choice(
     rows: list[dict], chosen: dict[tuple, tuple[float, list[dict]]], config: BenchmarkConfig, key: tuple
-) -> tuple[float, list[dict], str, list[str]]:
-    """The rule's (value, runs) for `key`, its setting's text and the misses so far: where no value passes the
-    rule, the closest value, marked, and the validation rule missed."""
+) -> tuple[list[dict], str, list[str]]:
+    """The runs of the rule's value for `key`, its setting's text and the misses so far: where no value passes
+    the rule, the closest value's runs, marked, and the validation rule missed."""
     if key in chosen:
         value, runs = chosen[key]
-        return value, runs, f"{runs[0]['knob']}={value:g}", []
+        return runs, f"{runs[0]['knob']}={value:g}", []
     value, runs = closest_cells(rows, key)
     drop = statistics.mean(validation_drop(r) for r in runs)
     return (
-        value,
         runs,
         f"none passes the rule (closest {runs[0]['knob']}={value:g})",
         [
@@ -1119,9 +1119,9 @@ def _headline_choice(
     )
 
 
-def _backdoor_misses(trigger: str, runs: list[dict], unmeasured: list[str]) -> list[str]:
-    """The backdoor targets `runs` miss (ASR, relapse, retuning against the clean model's); what was not measured
-    is added to `unmeasured`."""
+def _backdoor_misses(trigger: str, runs: list[dict]) -> tuple[list[str], list[str]]:
+    """The backdoor targets `runs` miss (ASR, relapse, retuning against the clean model's), and the checks that
+    were not measured."""
     misses = []
     asr = _mean([r["after"]["attack_success_rate"] for r in runs])
     if trigger in TARGET_ASR and asr is not None and asr > TARGET_ASR[trigger]:
@@ -1138,9 +1138,9 @@ def _backdoor_misses(trigger: str, runs: list[dict], unmeasured: list[str]) -> l
         misses.append(
             f"retuned {100 * retuned:.1f} > clean {100 * reference:.1f} + {100 * TARGET_RETUNED_MARGIN:g}"
         )
-    unmeasured += [name for name, value in (("relapse", worst), ("clean model's retuning", reference))
-                   if value is None]  # fmt: skip
-    return misses
+    unmeasured = [name for name, value in (("relapse", worst), ("clean model's retuning", reference))
+                  if value is None]  # fmt: skip
+    return misses, unmeasured
 
 
 def failed_cells(rows: list[dict]) -> list[dict]:

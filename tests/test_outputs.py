@@ -191,9 +191,9 @@ def test_two_process_defense_publishes_one_complete_output(recipe_suspect, tmp_p
     (Without `--use_cpu` transformers sets up no distributed run on CPU; `is_main_process` refuses that.)"""
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(REPO_ROOT / "recipes" / "defend.py"), "--model", str(recipe_suspect), "--output_dir", str(out),
-               "--clean_count", "16", "--max_steps", "2", "--hub_dry_run", "true", "--use_cpu", "true", *RECIPE_DATA,
-               *DEFEND_FAST]  # fmt: skip
+               "--master_port", str(free_port()), str(REPO_ROOT / "recipes" / "defend.py"), "--model",
+               str(recipe_suspect), "--output_dir", str(out), "--clean_count", "16", "--max_steps", "2",
+               "--hub_dry_run", "true", "--use_cpu", "true", *RECIPE_DATA, *DEFEND_FAST]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code, stdout, stderr = run_launcher(command, env, timeout=240)
     assert code == 0, stderr[-4000:]
