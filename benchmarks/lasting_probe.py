@@ -12,6 +12,9 @@ each) and the retuning check. One JSON line per run is appended to `--output` (d
     python benchmarks/lasting_probe.py outputs/demo/backdoored --settings '{"purify_shapes": ["burst"],
         "purify_burst_every_start": false}' --burst_start_s 0.05
 
+`--ft_reference`: the FT defense (lr 0.01) is timed on the same clean subset after the defense, in the same process,
+and the table's last column is the defense's wall time over FT's (the cost target: ≤ 5×).
+
 `--burst_start_s`: a diagnosis only, never a defense: the burst surrogate is inverted at this one start (the
 trigger's, which a defender does not know), to separate the surrogate's place from its shape.
 """
@@ -30,7 +33,14 @@ import transformers
 
 import hf_gnft.inversion as inversion
 from hf_gnft.data.arguments import CleanDataArguments, DataArguments
-from hf_gnft.defenses import ExactPurificationConfig, PurifyConfig, apply_exact_purification, apply_purify
+from hf_gnft.defenses import (
+    ExactPurificationConfig,
+    FTConfig,
+    PurifyConfig,
+    apply_exact_purification,
+    apply_fine_tuning,
+    apply_purify,
+)
 from hf_gnft.lasting import RelapseConfig, relapse_check
 from hf_gnft.models import load_suspect_model
 from hf_gnft.outputs import machine_description
@@ -70,14 +80,24 @@ def describe_run(row: dict) -> str:
         f" on {row['suspect']}" if row.get("suspect") not in (None, "backdoored") else ""
     )  # not make demo's
     variant = f"; {row['variant']}" if row.get("variant") else ""
+    if row.get("clean_clips"):  # rows from before the field: the 5% subset (200 clips)
+        variant += f"; {row['clean_clips']} clean clips"
     return f"{row['defense']}{suspect} ({settings}{place}){f'; unlearned: {plan}' if plan else ''}{variant}"
+
+
+def time_ratio(row: dict) -> str:
+    """The defense's wall time over FT's on the same clean subset in the same run (`--ft_reference`), or ''."""
+    if not row.get("ft_seconds"):
+        return ""
+    return f"{row['defense_seconds'] / row['ft_seconds']:.1f} ({row['defense_seconds']:g} s / {row['ft_seconds']:g} s)"
 
 
 def report(path: str) -> str:
     """The Markdown table of a probe file (one row per run, in order)."""
     lines = [
-        "| run | seed | CA | ASR | validation | relapse lr 0.01: CA / ASR | relapse lr 0.05: CA / ASR | retuned ASR |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seed | CA | ASR | validation | relapse lr 0.01: CA / ASR | relapse lr 0.05: CA / ASR | retuned ASR "
+        "| time × ft |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for text in Path(path).read_text().splitlines():
         row = json.loads(text)
@@ -86,7 +106,7 @@ def report(path: str) -> str:
         lines.append(
             f"| {describe_run(row)} | {row['seed']} | {after['clean_accuracy']} | {after['attack_success_rate']} "
             f"| {after['validation_accuracy']} (suspect {before['validation_accuracy']}) | {' | '.join(relapse)} "
-            f"| {row['retuned_asr']} |"
+            f"| {row['retuned_asr']} | {time_ratio(row)} |"
         )
     return "\n".join(lines)
 
@@ -104,8 +124,16 @@ def main() -> None:
     parser.add_argument("--defense", choices=("purify", "oracle-ep"), default="purify")
     parser.add_argument("--settings", type=json.loads, default={}, help="config fields as a JSON mapping")
     parser.add_argument("--seed", type=int, default=0, help="the clean subset's seed (and the defense's)")
+    parser.add_argument(
+        "--clean_fraction", type=float, default=0.05,
+        help="the clean subset's share of the training split (the grid's 0.05; larger to see how cost scales)",
+    )  # fmt: skip
     parser.add_argument("--burst_start_s", type=float, default=None, help="diagnosis only: see the docs")
     parser.add_argument("--output", default="benchmarks/lasting/probe.jsonl")
+    parser.add_argument(
+        "--ft_reference", action="store_true",
+        help="also time the FT defense (lr 0.01, its defaults) on the same clean subset, for `time × ft`",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.report:
         print(report(args.output))
@@ -138,7 +166,9 @@ def main() -> None:
         print(json.dumps(row))
         return
     triggered = make_triggered_eval_set(test, trigger, target)
-    clean = CleanDataArguments(clean_fraction=0.05, clean_seed=args.seed).select(dataset["train"])
+    clean = CleanDataArguments(clean_fraction=args.clean_fraction, clean_seed=args.seed).select(
+        dataset["train"]
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         common = {"output_dir": scratch, "seed": args.seed, "disable_tqdm": True, "report_to": "none"}
@@ -150,6 +180,13 @@ def main() -> None:
             config = PurifyConfig(**common, **args.settings)
             outcome = apply_purify(model, extractor, clean, config, validation=validation)
     defense_seconds = time.perf_counter() - started
+    ft_seconds = None
+    if args.ft_reference:  # the cost target's reference, timed in the same process
+        with tempfile.TemporaryDirectory() as scratch:
+            ft_started = time.perf_counter()
+            apply_fine_tuning(model, extractor, clean, FTConfig(output_dir=scratch, seed=args.seed,
+                              disable_tqdm=True, report_to="none"))  # fmt: skip
+            ft_seconds = time.perf_counter() - ft_started
     defended = outcome.model
     before = evaluate_backdoor(model, extractor, test, triggered, target)
     after = evaluate_backdoor(defended, extractor, test, triggered, target)
@@ -163,6 +200,7 @@ def main() -> None:
         "settings": args.settings,
         "burst_start_s": args.burst_start_s,
         "seed": args.seed,
+        "clean_clips": len(clean),
         "before": {"clean_accuracy": percent(before.clean_accuracy), "attack_success_rate":
                    percent(before.attack_success_rate),
                    "validation_accuracy": percent(evaluate_backdoor(model, extractor, validation).clean_accuracy)},
@@ -178,6 +216,8 @@ def main() -> None:
         "plan": outcome.info.get("plan"),
         "shapes": outcome.info.get("shapes"),
         "defense_seconds": round(defense_seconds, 1),
+        "stage_seconds": outcome.info.get("seconds"),
+        "ft_seconds": None if ft_seconds is None else round(ft_seconds, 1),
         "machine": machine_description(),
     }  # fmt: skip
     output = Path(args.output)

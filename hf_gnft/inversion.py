@@ -552,6 +552,7 @@ class InversionSettings:
         stride_s: the grid of window starts they search, in seconds.
         burst_every_start: the burst family inverts one pattern at every start of that grid, instead of searching
             one start ([`invert_burst`]).
+        shape_steps: the burst and tonal families' optimisation steps (`None`: `steps`).
     """
 
     families: list[str] = field(default_factory=lambda: list(DETECTION_FAMILIES))
@@ -564,6 +565,7 @@ class InversionSettings:
     level_db: float = -15.0
     stride_s: float = 0.05
     burst_every_start: bool = False
+    shape_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_inversion_settings(self.budget, self.steps, self.max_gain_db, self.max_semitones, self.families,
@@ -571,10 +573,17 @@ class InversionSettings:
         steps = self.filter_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise InversionError(f"filter_steps must be an integer >= 0, got {steps!r}")
+        if self.shape_steps is not None:
+            check_inversion_settings(steps=self.shape_steps)
 
     @property
     def spectral_filter_steps(self) -> int:
         return self.steps if self.filter_steps is None else self.filter_steps
+
+    @property
+    def localised_steps(self) -> int:
+        """The burst and tonal families' steps."""
+        return self.steps if self.shape_steps is None else self.shape_steps
 
 
 def invert(
@@ -616,9 +625,9 @@ def invert(
             shape = dict(window_s=settings.window_s, level_db=settings.level_db, stride_s=settings.stride_s,
                          sampling_rate=sampling_rate)  # fmt: skip
             if family == "burst":
-                return invert_burst(model, batches, target, settings.steps, every_start=settings.burst_every_start,
-                                    **shape)  # fmt: skip
-            return invert_tonal(model, batches, target, settings.steps, **shape)
+                return invert_burst(model, batches, target, settings.localised_steps,
+                                    every_start=settings.burst_every_start, **shape)  # fmt: skip
+            return invert_tonal(model, batches, target, settings.localised_steps, **shape)
         raise InversionError(f"unknown inversion family {family!r}; use one of {', '.join(FAMILIES)}")
     finally:
         model.train(was_training)

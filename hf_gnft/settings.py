@@ -163,6 +163,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_max_gain_db": POSITIVE,
     "purify_max_semitones": COUNT,
     "purify_steps": COUNT,
+    "purify_shape_steps": COUNT,
     "purify_filter_steps": COUNT,
     "purify_rounds": COUNT,
     "purify_shape_rounds": COUNT,

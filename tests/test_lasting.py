@@ -10,6 +10,7 @@ import pytest
 import torch
 from testing_utils import sine_dataset
 
+import hf_gnft.inversion as inversion_module
 from hf_gnft.defenses import ORACLE_METHODS, get_benchmark_defense, get_defense
 from hf_gnft.defenses.encoder_relearning import feature_encoder
 from hf_gnft.defenses.purify import (
@@ -69,6 +70,7 @@ def test_window_starts_cover_the_clip_and_end_at_the_last_start_that_fits():
         ({"level_db": 3.0}, "level_db"),
         ({"level_db": float("-inf")}, "level_db"),
         ({"families": ["burst", "burst"]}, "twice"),
+        ({"shape_steps": 0}, "steps"),
     ],
 )
 def test_bad_shape_settings_are_refused(settings, message):
@@ -122,6 +124,31 @@ def test_a_burst_at_every_start_gives_each_clip_one_window_in_turn(planted_backd
     assert trigger.success >= 0.5  # the planted burst's window is among them
 
 
+def test_the_shapes_take_their_own_step_count_and_the_other_families_keep_theirs(
+    planted_backdoor, monkeypatch
+):
+    planted = planted_backdoor
+    batches = class_batches(
+        sine_dataset(num_rows=48, seconds=0.3, seed=5), planted.extractor, planted.target, 16
+    )
+    seen = []
+    real = inversion_module._project_pattern
+
+    def counting(model, inputs, labels, pattern, start, radius, steps):
+        seen.append(steps)
+        return real(model, inputs, labels, pattern, start, radius, steps)
+
+    monkeypatch.setattr(inversion_module, "_project_pattern", counting)
+    settings = PurifyConfig(output_dir="unused", purify_shape_steps=9, purify_window_s=0.08,
+                            purify_level_db=-10.0).inversion_settings()  # fmt: skip
+    assert settings.steps == 60 and settings.localised_steps == 9
+    invert(planted.model, batches, planted.target, "burst", settings)
+    length = batches[0]["input_values"].shape[-1]
+    starts = window_starts(length, round(0.08 * 16_000), round(0.05 * 16_000))
+    assert seen == [3] * len(starts)  # a third of the shape steps at every window start
+    assert InversionSettings(steps=20).localised_steps == 20  # unset: the families' steps
+
+
 def test_the_tonal_family_finds_the_planted_tones_frequency(planted_tone_backdoor):
     planted = planted_tone_backdoor
     batches = class_batches(
@@ -156,18 +183,24 @@ def test_a_shape_that_reaches_the_bar_stands_in_for_the_additive_surrogate_never
     ]
     shaped = [{"target": 0, "family": "burst", "success": 0.8}, {"target": 0, "family": "tonal", "success": 0.97},
               {"target": 5, "family": "burst", "success": 0.9}]  # fmt: skip
-    # the most successful shape alone where the additive detection named the target
-    assert unlearning_plan(refined, [0, 5], config, shaped=shaped) == [(0, "tonal"), (5, "burst")]
+    # the most successful shape alone where the additive detection alone named the target; where the pitch search
+    # named it too (the tiny HuBERT PBSM suspect), the detection's families, never a shape
+    assert unlearning_plan(refined, [0, 5], config, shaped=shaped) == [
+        (0, "tonal"),
+        (5, "additive"),
+        (5, "spectral"),
+    ]
     # the grid's PBSM suspect: only the pitch shift named the target, and a burst that reaches the bar is not used
     pbsm = [{"target": 3, "family": "burst", "success": 0.61}]
     assert unlearning_plan(refined, [3], config, shaped=pbsm) == [(3, "spectral")]
-    assert shape_candidates(refined, [0, 3, 5], config) == [
-        0,
-        5,
-    ]  # so the shapes are not even inverted for it
-    everything = PurifyConfig(output_dir=str(tmp_path), purify_unlearn="all")
-    assert shape_candidates(refined, [3], everything) == [3]
-    assert unlearning_plan(refined, [3], everything, shaped=pbsm) == [(3, "burst")]
+    assert shape_candidates(refined, [0, 3, 5], config) == [0]  # so the shapes are not even inverted for them
+    everything = PurifyConfig(
+        output_dir=str(tmp_path), purify_unlearn="all"
+    )  # spectral is every target's family
+    assert shape_candidates(refined, [3], everything) == []
+    assert unlearning_plan(refined, [3], everything, shaped=pbsm) == [(3, "additive"), (3, "spectral")]
+    additive_only = PurifyConfig(output_dir=str(tmp_path), purify_unlearn="all", purify_families=["additive"])
+    assert unlearning_plan(refined, [3], additive_only, shaped=pbsm) == [(3, "burst")]
     weak = [{"target": 0, "family": "burst", "success": 0.5}]
     assert unlearning_plan(refined, [0], config, shaped=weak) == [(0, "additive")]  # below the bar
     tie = [{"target": 0, "family": "burst", "success": 0.9}, {"target": 0, "family": "tonal", "success": 0.9}]

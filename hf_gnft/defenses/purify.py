@@ -111,8 +111,8 @@ class PurifyConfig(DefenseConfig):
             in one window (`burst`) and a sinusoid (`tonal`). The most successful of those whose held-out success
             reaches `purify_shape_min_success` becomes the target's surrogate in place of the detection's families
             (a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip); a target
-            the additive detection did not name (a pitch-shift trigger, named by the spectral family alone) is not
-            shaped and keeps the spectral surrogate ([`unlearning_plan`]). `[]`: the
+            the additive detection did not name, or the spectral one named too (a pitch-shift trigger), is not
+            shaped and keeps the detection's surrogates ([`unlearning_plan`]). `[]`: the
             detection's families only (the behaviour before issue 26). `tonal` is not on by default: on `make
             demo`'s noise-burst suspect a tone reached the target about as often as the burst (0.81–0.84 against
             0.82–0.89), won on one draw of the inversion clips, and unlearning it left 59.8% ASR.
@@ -192,6 +192,9 @@ class PurifyConfig(DefenseConfig):
             The spectral inversion's largest pitch shift, in semitones either way.
         purify_steps (`int`, *optional*, defaults to `60`):
             Optimisation steps of each additive inversion when unlearning.
+        purify_shape_steps (`int`, *optional*, defaults to `60`):
+            Optimisation steps of each shape inversion (`purify_shapes`); with `purify_burst_every_start` each
+            window start gets a third of them.
         purify_filter_steps (`int`, *optional*, defaults to `30`):
             Optimisation steps of each spectral inversion's filter when unlearning (after the pitch search).
         purify_rounds (`int`, *optional*, defaults to `3`):
@@ -355,6 +358,10 @@ class PurifyConfig(DefenseConfig):
         default=12, metadata={"help": "Spectral inversion: largest pitch shift in semitones."}
     )
     purify_steps: int = field(default=60, metadata={"help": "Steps of each inversion when unlearning."})
+    purify_shape_steps: int = field(
+        default=60,
+        metadata={"help": "Steps of each shape inversion (a third per window start with every start)."},
+    )
     purify_filter_steps: int = field(
         default=30, metadata={"help": "Steps of the spectral inversion's filter when unlearning."}
     )
@@ -510,7 +517,8 @@ class PurifyConfig(DefenseConfig):
                                  self.purify_max_gain_db, self.purify_max_semitones,
                                  self.purify_filter_steps, window_s=self.purify_window_s,
                                  level_db=self.purify_level_db,
-                                 burst_every_start=self.purify_burst_every_start)  # fmt: skip
+                                 burst_every_start=self.purify_burst_every_start,
+                                 shape_steps=self.purify_shape_steps)  # fmt: skip
 
     def detection_settings(self) -> InversionSettings:
         """The detection's inversion settings (the scan's additive radius and steps)."""
@@ -537,8 +545,14 @@ def detection_families(
 def shape_candidates(
     refined: list[dict[str, Any]], targets: list[int], config: PurifyConfig, families: list[str] | None = None
 ) -> list[int]:
-    """The targets whose additive surrogate a shape may stand in for: those unlearned with the additive family."""
-    return [t for t in targets if "additive" in detection_families(refined, t, config, families)]
+    """The targets whose additive surrogate a shape may stand in for: those unlearned with the additive family and
+    not with the spectral one (a target the pitch search named is not shaped, see [`unlearning_plan`])."""
+    return [t for t in targets if _shapeable(detection_families(refined, t, config, families))]
+
+
+def _shapeable(named: list[str]) -> bool:
+    """Whether a target unlearned with the families `named` may be unlearned with a shape instead."""
+    return "additive" in named and "spectral" not in named
 
 
 def unlearning_plan(
@@ -554,16 +568,21 @@ def unlearning_plan(
     rather than a faint perturbation over the whole clip, which costs accuracy on every class and leaves the real
     pathway in place (two shapes share the copies: on `make demo`'s suspect burst and tone together relapsed to
     14.9% ASR after a clean fine-tune at lr 0.05, the burst alone to 9.1%). Any other target is unlearned with its
-    [`detection_families`]. A target only the spectral family named is never shaped: a pitch shift is no added
-    sound, and on the grid's PBSM suspect a burst that reached the bar (0.60–0.61, against 0.81–0.95 for the pitch
-    shift) left 10–22% ASR and 68–84% after retuning where unlearning the pitch shift had left 1–8%."""
+    [`detection_families`]. A target the spectral family named is never shaped, even where the additive family
+    named it too: a pitch shift is no added sound. On the grid's tiny Wav2Vec2 PBSM suspect (the pitch search
+    alone named the target) a burst that reached the bar (0.60–0.61, against 0.81–0.95 for the pitch shift) left
+    10–22% ASR and 68–84% after retuning where unlearning the pitch shift had left 1–8%. On the tiny HuBERT PBSM
+    suspect (seed 0, lr 0.05; both families named the target, spectral 0.97, additive 0.54, burst 0.66) the burst
+    alone left 19.9% ASR, 26.4 / 15.9% after the relapse check and 81.0% after retuning; the two detection
+    families 2.0%, 3.4 / 11.6% and 26.1% (validation accuracy 89.6 against the burst's 91.4 and the suspect's
+    93.6; the burst's row is the lasting grid's cell, the other `benchmarks/lasting_probe.py`'s, docs/lasting.md)."""
     plan = []
     for target in targets:
         named = detection_families(refined, target, config, families)
         shapes = [row for row in shaped or [] if row["target"] == target
                   and row["success"] >= config.purify_shape_min_success]  # fmt: skip
         # the most successful shape alone (the first of `purify_shapes` on a tie)
-        if shapes and "additive" in named:
+        if shapes and _shapeable(named):
             plan.append((target, max(shapes, key=lambda row: row["success"])["family"]))
         else:
             plan += [(target, family) for family in named]
