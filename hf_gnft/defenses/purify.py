@@ -111,8 +111,8 @@ class PurifyConfig(DefenseConfig):
             in one window (`burst`) and a sinusoid (`tonal`). The most successful of those whose held-out success
             reaches `purify_shape_min_success` becomes the target's surrogate in place of the detection's families
             (a surrogate shaped like the trigger, rather than a faint perturbation over the whole clip); a target
-            the additive detection did not name, or the spectral one named too (a pitch-shift trigger), is not
-            shaped and keeps the detection's surrogates ([`unlearning_plan`]). `[]`: the
+            the additive detection did not name, or the spectral one reached more often (a pitch-shift trigger), is
+            not shaped and keeps the detection's surrogates ([`unlearning_plan`]). `[]`: the
             detection's families only (the behaviour before issue 26). `tonal` is not on by default: on `make
             demo`'s noise-burst suspect a tone reached the target about as often as the burst (0.81–0.84 against
             0.82–0.89), won on one draw of the inversion clips, and unlearning it left 59.8% ASR.
@@ -546,13 +546,17 @@ def shape_candidates(
     refined: list[dict[str, Any]], targets: list[int], config: PurifyConfig, families: list[str] | None = None
 ) -> list[int]:
     """The targets whose additive surrogate a shape may stand in for: those unlearned with the additive family and
-    not with the spectral one (a target the pitch search named is not shaped, see [`unlearning_plan`])."""
-    return [t for t in targets if _shapeable(detection_families(refined, t, config, families))]
+    not named more strongly by the spectral one (see [`unlearning_plan`])."""
+    return [t for t in targets if _shapeable(refined, t, detection_families(refined, t, config, families))]
 
 
-def _shapeable(named: list[str]) -> bool:
-    """Whether a target unlearned with the families `named` may be unlearned with a shape instead."""
-    return "additive" in named and "spectral" not in named
+def _shapeable(refined: list[dict[str, Any]], target: int, named: list[str]) -> bool:
+    """Whether `target`, unlearned with the families `named`, may be unlearned with a shape instead: the additive
+    family named it, and the pitch search did not, or reached it less often (refined success)."""
+    if "additive" not in named:
+        return False
+    success = {row["family"]: row["success"] for row in refined if row["target"] == target}
+    return "spectral" not in named or success.get("additive", 0.0) >= success.get("spectral", 0.0)
 
 
 def unlearning_plan(
@@ -562,27 +566,28 @@ def unlearning_plan(
     families: list[str] | None = None,
     shaped: list[dict[str, Any]] | None = None,
 ) -> list[tuple[int, str]]:
-    """The (target, family) pairs each round inverts and unlearns. A target unlearned with the additive family
-    whose shape inversions (`shaped`: rows of [`shape_suspects`]) reach `purify_shape_min_success` is unlearned
-    with its most successful shape alone: a sound added to the clip, a short loud one or a tone like the trigger,
-    rather than a faint perturbation over the whole clip, which costs accuracy on every class and leaves the real
-    pathway in place (two shapes share the copies: on `make demo`'s suspect burst and tone together relapsed to
-    14.9% ASR after a clean fine-tune at lr 0.05, the burst alone to 9.1%). Any other target is unlearned with its
-    [`detection_families`]. A target the spectral family named is never shaped, even where the additive family
-    named it too: a pitch shift is no added sound. On the grid's tiny Wav2Vec2 PBSM suspect (the pitch search
-    alone named the target) a burst that reached the bar (0.60–0.61, against 0.81–0.95 for the pitch shift) left
-    10–22% ASR and 68–84% after retuning where unlearning the pitch shift had left 1–8%. On the tiny HuBERT PBSM
-    suspect (seed 0, lr 0.05; both families named the target, spectral 0.97, additive 0.54, burst 0.66) the burst
-    alone left 19.9% ASR, 26.4 / 15.9% after the relapse check and 81.0% after retuning; the two detection
-    families 2.0%, 3.4 / 11.6% and 26.1% (validation accuracy 89.6 against the burst's 91.4 and the suspect's
-    93.6; the burst's row is the lasting grid's cell, the other `benchmarks/lasting_probe.py`'s, docs/lasting.md)."""
+    """The (target, family) pairs each round inverts and unlearns. A target unlearned with the additive family whose
+    shape inversions (`shaped`: rows of [`shape_suspects`]) reach `purify_shape_min_success` is unlearned with its
+    most successful shape alone: a sound added to the clip, a short loud one or a tone like the trigger, rather than
+    a faint perturbation over the whole clip, which costs accuracy on every class and leaves the real pathway in
+    place (two shapes share the copies: on `make demo`'s suspect burst and tone together relapsed to 14.9% ASR after
+    a clean fine-tune at lr 0.05, the burst alone to 9.1%). Any other target is unlearned with its
+    [`detection_families`]. A target the spectral family named is not shaped unless the additive family reached it
+    at least as often (refined success): a pitch shift is no added sound, while a strong burst backdoor can also be
+    reached by a pitch shift and filter (the tests' planted burst is). On the grid's tiny Wav2Vec2 PBSM suspect (the
+    pitch search alone named the target) a burst that reached the bar (0.60–0.61, against 0.81–0.95 for the pitch
+    shift) left 10–22% ASR and 68–84% after retuning where unlearning the pitch shift had left 1–8%. On the tiny
+    HuBERT PBSM suspect (seed 0, lr 0.05; both families named the target, spectral 0.97, additive 0.54, burst 0.66)
+    the burst alone left 19.9% ASR, 26.4 / 15.9% after the relapse check and 81.0% after retuning; the two detection
+    families 2.0%, 3.4 / 11.6% and 26.1% (validation accuracy 89.6 against the burst's 91.4 and the suspect's 93.6;
+    the burst's row is the lasting grid's cell, the other `benchmarks/lasting_probe.py`'s, docs/lasting.md)."""
     plan = []
     for target in targets:
         named = detection_families(refined, target, config, families)
         shapes = [row for row in shaped or [] if row["target"] == target
                   and row["success"] >= config.purify_shape_min_success]  # fmt: skip
         # the most successful shape alone (the first of `purify_shapes` on a tie)
-        if shapes and _shapeable(named):
+        if shapes and _shapeable(refined, target, named):
             plan.append((target, max(shapes, key=lambda row: row["success"])["family"]))
         else:
             plan += [(target, family) for family in named]
