@@ -194,9 +194,8 @@ def test_a_shape_that_reaches_the_bar_stands_in_for_the_additive_surrogate_never
     pbsm = [{"target": 3, "family": "burst", "success": 0.61}]
     assert unlearning_plan(refined, [3], config, shaped=pbsm) == [(3, "spectral")]
     assert shape_candidates(refined, [0, 3, 5], config) == [0, 5]  # so the shapes are not even inverted for 3
-    everything = PurifyConfig(
-        output_dir=str(tmp_path), purify_unlearn="all"
-    )  # spectral is every target's family
+    # with every family unlearned, spectral is every target's family: a target only it reached is not shaped
+    everything = PurifyConfig(output_dir=str(tmp_path), purify_unlearn="all")
     assert shape_candidates(refined, [3], everything) == []
     assert unlearning_plan(refined, [3], everything, shaped=pbsm) == [(3, "additive"), (3, "spectral")]
     additive_only = PurifyConfig(output_dir=str(tmp_path), purify_unlearn="all", purify_families=["additive"])
