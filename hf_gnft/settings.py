@@ -177,6 +177,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_inversion_clips": COUNT,
     "purify_distillation": FRACTION,
     "purify_repair_distillation": FRACTION,
+    "purify_fallback_distillation": FRACTION,
     "purify_temperature": POSITIVE,
     "purify_interpolation_step": Range(0, 1, high_open=True),
     "purify_interpolation_weight": OPEN_FRACTION,

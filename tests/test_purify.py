@@ -526,6 +526,23 @@ def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted
     assert rates and max(rates) <= 0.01
     assert abs(after.clean_accuracy - before.clean_accuracy) <= 0.01
     assert np.isfinite(list(outcome.info["detection"]["gap"].values())).all()
+    assert outcome.info["fallback_distillation"] == 0.0  # plain GN-FT by default
+
+
+def test_the_fallback_can_be_taught_by_the_suspect_instead_of_the_labels(planted_backdoor, tmp_path):
+    """`purify_fallback_distillation` 1: the suspect's answers teach the fallback, not the clean subset's labels
+    (here all wrong: each clip labelled as the next class), so its accuracy stays; plain GN-FT learns the labels."""
+    planted = planted_backdoor
+    mislabelled = planted.clean.map(lambda row: {"label": (row["label"] + 1) % len(LABELS)})
+    before = backdoor_metrics(planted, planted.clean_model).clean_accuracy
+    accuracy = {}
+    for weight in (0.0, 1.0):
+        config = purify_config(tmp_path / str(weight), purify_fallback_distillation=weight,
+                               purify_fallback_learning_rate=0.05)  # fmt: skip
+        outcome = apply_purify(planted.clean_model, planted.extractor, mislabelled, config)
+        assert outcome.info["fallback"] == "gn-ft" and outcome.info["fallback_distillation"] == weight
+        accuracy[weight] = backdoor_metrics(planted, outcome.model).clean_accuracy
+    assert accuracy[1.0] >= before - 0.05 and accuracy[0.0] <= before - 0.3, (before, accuracy)
 
 
 # ---------------------------------------------------------------------------------------------- the defender's choice

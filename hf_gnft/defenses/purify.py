@@ -133,6 +133,13 @@ class PurifyConfig(DefenseConfig):
             only costs accuracy. Measured on the lasting grid's tiny Wav2Vec2 trained without poisoning (3 seeds,
             the cells of commit 11823ca): the fallback at 0.02 / 0.05 lost 1.0 / 1.2 points of test accuracy on
             average, FT at 0.01 0.6.
+        purify_fallback_distillation (`float`, *optional*, defaults to `0.0`):
+            Weight w of a distillation from the frozen suspect during the GN-FT fallback, as in the repair
+            (`purify_repair_distillation`), with no class left out (0: plain GN-FT). Measured on the lasting grid's
+            models trained without poisoning (3 seeds, docs/lasting.md): w = 0.8 holds tiny HuBERT's test accuracy
+            (a cost of 0.4 points instead of 1.2, which FT at 0.01 costs too) but not tiny Wav2Vec2's (1.1 instead
+            of 0.7), and its teacher's forward passes take HuBERT's purify from 4.1× to 5.5× FT's time. Off by
+            default for that reason.
         purify_repair_distillation (`float`, *optional*, defaults to `0.8`):
             Weight w of a distillation from the frozen suspect during the repair: each clean clip's loss becomes
             (1 − w) · CE(true label) + w · T² · KL(suspect(clip) ‖ model(clip)), the suspect's leaning to the
@@ -302,6 +309,13 @@ class PurifyConfig(DefenseConfig):
         default=0.01,
         metadata={
             "help": "Learning rate of the GN-FT fallback when no class stands out (None: learning_rate)."
+        },
+    )
+    purify_fallback_distillation: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation from the frozen suspect's outputs on the clean clips during the "
+            "GN-FT fallback (0: plain cross-entropy)."
         },
     )
     purify_repair_distillation: float = field(
@@ -475,7 +489,7 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(f"purify_unlearn must be 'flagged' or 'all', got {self.purify_unlearn!r}")
         if self.purify_objective not in OBJECTIVES:
             raise ValueError(f"purify_objective must be one of {OBJECTIVES}, got {self.purify_objective!r}")
-        for name in ("purify_distillation", "purify_repair_distillation"):
+        for name in ("purify_distillation", "purify_repair_distillation", "purify_fallback_distillation"):
             weight = getattr(self, name)
             if not (is_finite_number(weight) and 0 <= weight <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {weight!r}")
@@ -1070,9 +1084,17 @@ def apply_purify(
         if config.purify_fallback_learning_rate is not None:
             budget.learning_rate = config.purify_fallback_learning_rate
         logger.info("Purify: no class stands out in the inversion; running GN-FT with the same budget")
-        trainer = fine_tune(defended, extractor, clean, budget, trainer_class=GNFTTrainer)
+        if config.purify_fallback_distillation > 0:  # GN-FT taught by the suspect too: nothing is hidden
+            trainer = fine_tune(defended, extractor, clean, budget, trainer_class=PurifyTrainer,
+                                data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
+                                settings=config.inversion_settings(), rounds=1, teacher=model,
+                                distillation=config.purify_fallback_distillation,
+                                temperature=config.purify_temperature)  # fmt: skip
+        else:
+            trainer = fine_tune(defended, extractor, clean, budget, trainer_class=GNFTTrainer)
         info["fallback"] = "gn-ft"
         info["fallback_learning_rate"] = budget.learning_rate
+        info["fallback_distillation"] = config.purify_fallback_distillation
     else:
         batching, normalize, rate = model_input(defended, extractor)
         if config.purify_relearn_encoder_steps > 0 and feature_encoder(defended) is not None:
