@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify bench-lasting attack-table attack-table-paper bench-paper bench-paper-cpu observation \
+.PHONY: venv demo test test-slow lint format bench bench-gnft sweep-gnft bench-defenses bench-tsbd bench-purify bench-lasting bench-lasting-1000 attack-table attack-table-paper bench-paper bench-paper-cpu observation \
 	scan-validation clean
 
 $(STAMP): setup.py
@@ -65,6 +65,9 @@ bench-purify: $(STAMP)  # purification beside GN-FT, FT and TSBD on the small gr
 
 bench-lasting: $(STAMP)  # purify beside FT and the true-trigger oracle, with the relapse, retuning and re-inversion checks; resumable, hours on 2 cores
 	$(PY) recipes/benchmark.py benchmarks/grids/lasting.yaml
+
+bench-lasting-1000: $(STAMP)  # the lasting grid's checks with 1,000 clean clips instead of 200; resumable, a day on 2 cores
+	$(PY) recipes/benchmark.py benchmarks/grids/lasting-1000.yaml
 
 observation: $(STAMP)  # GN-FT's observation on the small grid's suspects, before and after GN-FT; resumable
 	$(PY) benchmarks/observation.py
