@@ -1007,6 +1007,26 @@ def _relearning_crop(model: torch.nn.Module, extractor: Any, config: PurifyConfi
     return crop
 
 
+def _clean_fine_tune(
+    defended: PreTrainedModel,
+    suspect: PreTrainedModel,
+    extractor: Any,
+    clean: Any,
+    config: PurifyConfig,
+    distillation: float,
+    teacher_hides: list[int] | tuple[int, ...] = (),
+) -> Any:
+    """GN-FT as `config` sets it (the fallback, or the repair with `gn_alpha` 0) on the clean subset alone: no
+    marked rows. With `distillation` > 0 the frozen `suspect` teaches every clip too ([`PurifyTrainer`]), its
+    answer for the classes `teacher_hides` left out. Returns the trainer."""
+    if distillation <= 0:
+        return fine_tune(defended, extractor, clean, config, trainer_class=GNFTTrainer)
+    return fine_tune(defended, extractor, clean, config, trainer_class=PurifyTrainer,
+                     data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
+                     settings=config.inversion_settings(), rounds=1, teacher=suspect, distillation=distillation,
+                     temperature=config.purify_temperature, teacher_hides=teacher_hides)  # fmt: skip
+
+
 def apply_purify(
     model: PreTrainedModel,
     extractor: Any,
@@ -1084,14 +1104,10 @@ def apply_purify(
         if config.purify_fallback_learning_rate is not None:
             budget.learning_rate = config.purify_fallback_learning_rate
         logger.info("Purify: no class stands out in the inversion; running GN-FT with the same budget")
-        if config.purify_fallback_distillation > 0:  # GN-FT taught by the suspect too: nothing is hidden
-            trainer = fine_tune(defended, extractor, clean, budget, trainer_class=PurifyTrainer,
-                                data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
-                                settings=config.inversion_settings(), rounds=1, teacher=model,
-                                distillation=config.purify_fallback_distillation,
-                                temperature=config.purify_temperature)  # fmt: skip
-        else:
-            trainer = fine_tune(defended, extractor, clean, budget, trainer_class=GNFTTrainer)
+        # nothing is hidden from the teacher: no class stood out
+        trainer = _clean_fine_tune(
+            defended, model, extractor, clean, budget, config.purify_fallback_distillation
+        )
         info["fallback"] = "gn-ft"
         info["fallback_learning_rate"] = budget.learning_rate
         info["fallback_distillation"] = config.purify_fallback_distillation
@@ -1163,16 +1179,8 @@ def apply_purify(
         repair.learning_rate = config.purify_repair_learning_rate
         repair.num_train_epochs = config.purify_repair_epochs
         repair.max_steps, repair.resume_from_checkpoint = -1, None
-        if (
-            config.purify_repair_distillation > 0
-        ):  # no marked rows: a clean fine-tune taught by the suspect too
-            repaired = fine_tune(defended, extractor, clean, repair, trainer_class=PurifyTrainer,
-                                 data_collator=PurifyCollator(extractor), plan=[], inversion_batches={},
-                                 settings=config.inversion_settings(), rounds=1, teacher=model,
-                                 distillation=config.purify_repair_distillation,
-                                 temperature=config.purify_temperature, teacher_hides=hidden)  # fmt: skip
-        else:
-            repaired = fine_tune(defended, extractor, clean, repair, trainer_class=GNFTTrainer)
+        repaired = _clean_fine_tune(defended, model, extractor, clean, repair, config.purify_repair_distillation,
+                                    teacher_hides=hidden)  # fmt: skip
         info["repair"] = {"steps": repaired.state.global_step, "learning_rate": repair.learning_rate,
                           "epochs": repair.num_train_epochs,
                           "distillation": config.purify_repair_distillation}  # fmt: skip
