@@ -19,6 +19,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -387,6 +388,25 @@ class Benchmark:
                             out.append((model, trigger, name, float(value), int(seed)))
         return out
 
+    def select(self, only: Sequence[str]) -> list[tuple[str, Any, str, float, int]]:
+        """The grid's cells on the suspects `only` names, in run order: each entry is `MODEL` (all its suspects) or
+        `MODEL/TRIGGER` (a trigger's name as the tables show it, or `clean` for the model trained without one).
+
+        Raises:
+            BenchmarkConfigError: an entry names no model or suspect of the grid.
+        """
+        cells = self.cells()
+        suspects = {(model, trigger_name(trigger)) for model, trigger, *_ in cells}
+        wanted = set()
+        for entry in only:
+            model, _, trigger = entry.partition("/")
+            matched = {s for s in suspects if s[0] == model and (not trigger or s[1] == trigger)}
+            if not matched:
+                names = ", ".join(sorted(f"{m}/{t}" for m, t in suspects))
+                raise BenchmarkConfigError(f"--only {entry!r} names no suspect of the grid; it has: {names}")
+            wanted |= matched
+        return [cell for cell in cells if (cell[0], trigger_name(cell[1])) in wanted]
+
     @staticmethod
     def key(model: str, trigger: Any, defense: str, value: float, seed: int) -> tuple:
         return (model, trigger_name(trigger), defense, float(value), int(seed))
@@ -704,7 +724,12 @@ class Benchmark:
                 flush=True,
             )
 
-    def run(self, limit: int | None = None, executor: ExecutorSettings | None = None) -> list[dict]:
+    def run(
+        self,
+        limit: int | None = None,
+        executor: ExecutorSettings | None = None,
+        only: Sequence[str] | None = None,
+    ) -> list[dict]:
         """Run every unfinished cell (at most `limit`), appending each result as soon as it is done. A failed cell
         (recorded by the Ray executor) counts as unfinished: it runs again.
 
@@ -712,7 +737,10 @@ class Benchmark:
             limit: the most cells to run now.
             executor: where the cells run (default: the grid's `executor` and `resources`; serial unless it says
                 `ray`).
+            only: run only these suspects' cells now (`MODEL` or `MODEL/TRIGGER`, see `select`); the rest of the
+                grid stays unfinished, for a later run.
         """
+        runnable = self.select(only) if only else self.cells()
         executor = executor or ExecutorSettings.from_grid(self.config.executor, self.config.resources)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         machine = self.output_dir / "machine.json"
@@ -723,11 +751,11 @@ class Benchmark:
         done = {
             self.key(r["model"], r["trigger"], r["defense"], r["value"], r["seed"]) for r in self._finished
         }
-        todo = [cell for cell in self.cells() if self.key(*cell) not in done]
         total = len(self.cells())
-        print(f"benchmark: {total - len(todo)} of {total} cells done, {len(todo)} to run"
+        finished_before = sum(self.key(*cell) in done for cell in self.cells())
+        todo = [cell for cell in runnable if self.key(*cell) not in done]
+        print(f"benchmark: {finished_before} of {total} cells done, {len(todo)} to run"
               f"{' on Ray' if executor.executor == 'ray' else ''}", flush=True)  # fmt: skip
-        finished_before = total - len(todo)
         todo = todo[:limit] if limit is not None else todo
         if executor.executor == "ray":
             return rows + self._run_on_ray(todo, executor, finished_before, total)

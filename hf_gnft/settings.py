@@ -186,6 +186,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_relearn_encoder_learning_rate": POSITIVE,
     "purify_relearn_encoder_mix": NON_NEGATIVE,
     "purify_relearn_encoder_crop_s": NON_NEGATIVE,
+    "purify_relearn_upper_steps": NON_NEGATIVE_INTEGER,
+    "purify_relearn_upper_learning_rate": POSITIVE,
     "oracle_target": NON_NEGATIVE_INTEGER,  # the evaluation-only oracle: the attack's target class
     # data, attack, defense pipeline, checks, analysis
     "synthetic_train_size": COUNT,

@@ -74,6 +74,24 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
         assert (tmp_path / "bench" / name).stat().st_size > 0
 
 
+def test_only_runs_the_named_suspects_cells_and_leaves_the_rest_for_later(tmp_path, capsys):
+    path = write_grid(tmp_path, triggers=["noise_burst", "tone"], clean_models=True, seeds=[0])
+    benchmark = Benchmark(BenchmarkConfig.from_yaml(path))
+    assert {(m, t) for m, t, *_ in benchmark.select(["tiny-wav2vec2/clean"])} == {("tiny-wav2vec2", "clean")}
+    assert len(benchmark.select(["tiny-wav2vec2"])) == len(benchmark.cells()) == 9
+    with pytest.raises(SystemExit):
+        benchmark_recipe.main([str(path), "--only", "tiny-wav2vec2/pbsm"])
+    assert "names no suspect of the grid; it has: tiny-wav2vec2/clean" in capsys.readouterr().err
+    benchmark_recipe.main([str(path), "--only", "tiny-wav2vec2/clean", "--limit", "1"])
+    rows = [json.loads(line) for line in (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
+    assert [r["trigger"] for r in rows] == ["clean"]
+    suspects = tmp_path / "bench" / "suspects"
+    assert sorted(p.name for p in suspects.iterdir()) == ["tiny-wav2vec2-clean"]  # the others are not trained
+    assert (
+        "benchmark: 0 of 9 cells done, 3 to run" in capsys.readouterr().out
+    )  # the clean model's 3, of the 9
+
+
 def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
     config = BenchmarkConfig(**grid(tmp_path))
 

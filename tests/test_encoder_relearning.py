@@ -14,6 +14,7 @@ from hf_gnft.defenses.encoder_relearning import (
     encoder_error,
     feature_encoder,
     relearn_feature_encoder,
+    relearn_upper_layers,
     set_encoder_trainable,
 )
 from hf_gnft.training import audio_batches, evaluate_backdoor
@@ -124,3 +125,27 @@ def test_models_without_a_waveform_encoder_and_bad_settings_are_refused(planted_
         with pytest.raises(ValueError, match="crop"):
             relearn_feature_encoder(copy.deepcopy(teacher), teacher, _batches(planted_backdoor), steps=1,
                                     learning_rate=0.01, crop=crop)  # fmt: skip
+
+
+def test_upper_relearning_reproduces_the_suspects_hidden_states_and_keeps_encoder_and_head(planted_backdoor):
+    teacher = planted_backdoor.model
+    snapshot = {key: value.clone() for key, value in teacher.state_dict().items()}
+    student = copy.deepcopy(teacher)
+    record = relearn_upper_layers(
+        student, teacher, _batches(planted_backdoor), steps=150, learning_rate=0.002
+    )
+    assert record["steps"] == 150 and record["error_end"] < 0.5 * record["error_start"]
+    for key, value in teacher.state_dict().items():  # the teacher is untouched
+        torch.testing.assert_close(value, snapshot[key])
+    changed = {key for key, value in student.state_dict().items() if not torch.equal(value, snapshot[key])}
+    assert not any(
+        key.startswith(("wav2vec2.feature_extractor.", "projector.", "classifier.")) for key in changed
+    )
+    assert any(key.startswith("wav2vec2.encoder.layers.") for key in changed)
+    assert any(
+        key.startswith("wav2vec2.encoder.pos_conv_embed.") for key in changed
+    )  # parametrised, re-drawn too
+    assert any(key.startswith("wav2vec2.feature_projection.") for key in changed)
+    assert all(parameter.requires_grad for parameter in student.parameters())  # trains like any model after
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        relearn_upper_layers(student, teacher, _batches(planted_backdoor), steps=0, learning_rate=0.002)

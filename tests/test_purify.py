@@ -512,6 +512,20 @@ def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_pla
     assert before.attack_success_rate == 1.0  # the teacher (the suspect itself) is untouched
 
 
+def test_purify_can_re_learn_the_layers_above_the_encoder_too(planted_backdoor, tmp_path):
+    planted = planted_backdoor
+    config = purify_config(tmp_path, purify_families=["additive"], purify_relearn_upper_steps=100)
+    outcome = apply_purify(planted.model, planted.extractor, planted.clean, config)
+    record = outcome.info["upper_relearning"]
+    assert record["steps"] == 100 and record["error_end"] < record["error_start"]
+    relearning = outcome.info["encoder_relearning"]["seconds"] + record["seconds"]
+    assert outcome.info["seconds"]["relearning"] == pytest.approx(relearning, abs=0.02)
+    after = backdoor_metrics(planted, outcome.model)
+    assert outcome.info["targets"] == [planted.target]
+    assert after.attack_success_rate <= 0.1
+    assert after.clean_accuracy >= backdoor_metrics(planted, planted.model).clean_accuracy - 0.05
+
+
 def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted_backdoor, tmp_path):
     """Nothing to unlearn: GN-FT with the mixed set's steps at the GN-FT defense's rate, not purify's 0.05."""
     planted = planted_backdoor

@@ -16,11 +16,16 @@ ASR, at most 1.3% after the relapse check's clean fine-tunes, 1.7–15.2% after 
 1.7–46.4%). On the grid's tone suspect, with 1,500 steps on whole clips: 93.7 / 0.2% (validation 0.0), retuned
 0.3%. With the encoder also frozen while unlearning, the tone came back to 19.1% after retuning: a tone is a sound
 any clean encoder hears, and its pathway is downstream, where unlearning reaches it.
+
+`relearn_upper_layers` does the same one level up, for such triggers: the layers above the encoder (projection,
+positional convolution, transformer) are re-initialised and taught the suspect's hidden states on clean clips
+(purify's `purify_relearn_upper_steps`, off by default; probes in docs/lasting.md).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -62,6 +67,72 @@ def check_crop(encoder: nn.Module, crop: int, inputs: torch.Tensor) -> None:
         frames = 0
     if frames < 1:
         raise ValueError(f"a crop of {crop} samples is shorter than the feature encoder's receptive field")
+
+
+def mixed_clips(
+    batches: list[dict[str, Any]], generator: torch.Generator, mix: float, crop: int | None, normalize: bool
+) -> torch.Tensor:
+    """One re-learning input: a random batch of `batches`, each clip mixed with another clip of the batch shifted in
+    time at a random weight up to `mix`, cut to one random window of `crop` samples (`None`: whole clips) and
+    renormalised when the extractor normalises clips."""
+    batch = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+    inputs = batch["input_values"]
+    count, length = inputs.shape[0], inputs.shape[-1]
+    partners = inputs[torch.randperm(count, generator=generator).to(inputs.device)]
+    partners = torch.roll(partners, int(torch.randint(length, (1,), generator=generator)), dims=-1)
+    weights = (torch.rand(count, 1, generator=generator) * mix).to(inputs)
+    mixed = inputs + weights * partners
+    if crop is not None and crop < length:
+        start = int(torch.randint(length - crop + 1, (1,), generator=generator))
+        mixed = mixed[..., start : start + crop]
+    return normalise(mixed) if normalize else mixed
+
+
+def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean squared error of `output` against `target` over the target's mean square."""
+    return F.mse_loss(output, target) / target.pow(2).mean().clamp_min(1e-12)
+
+
+def _distil(
+    parameters: list[nn.Parameter],
+    error: Callable[[torch.Tensor], torch.Tensor],
+    batches: list[dict[str, Any]],
+    steps: int,
+    learning_rate: float,
+    mix: float,
+    crop: int | None,
+    normalize: bool,
+    seed: int,
+) -> list[float]:
+    """Minimise `error` (of one `mixed_clips` input) over `parameters` for `steps` steps: Adam at `learning_rate`,
+    cosine decay to zero. Returns each step's error."""
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    errors = []
+    for _ in range(steps):
+        loss = error(mixed_clips(batches, generator, mix, crop, normalize))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        errors.append(float(loss.detach()))
+    return errors
+
+
+def _record(
+    steps: int, learning_rate: float, mix: float, crop: int | None, errors: list[float], started: float
+) -> dict[str, Any]:
+    tenth = max(1, steps // 10)
+    return {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "mix": mix,
+        "crop": crop,
+        "error_start": round(sum(errors[:tenth]) / tenth, 4),
+        "error_end": round(sum(errors[-tenth:]) / tenth, 4),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def encoder_error(student: nn.Module, teacher: nn.Module, batches: list[dict[str, Any]]) -> float:
@@ -123,39 +194,79 @@ def relearn_feature_encoder(
     reference_training = reference.training
     encoder.train()
     reference.eval()
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(seed)
-    errors = []
-    for _ in range(steps):
-        batch = batches[int(torch.randint(len(batches), (1,), generator=generator))]
-        inputs = batch["input_values"]
-        count, length = inputs.shape[0], inputs.shape[-1]
-        partners = inputs[torch.randperm(count, generator=generator).to(inputs.device)]
-        partners = torch.roll(partners, int(torch.randint(length, (1,), generator=generator)), dims=-1)
-        weights = (torch.rand(count, 1, generator=generator) * mix).to(inputs)
-        mixed = inputs + weights * partners
-        if crop is not None and crop < length:
-            start = int(torch.randint(length - crop + 1, (1,), generator=generator))
-            mixed = mixed[..., start : start + crop]
-        if normalize:
-            mixed = normalise(mixed)
+
+    def error(mixed: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = reference(mixed)
-        error = F.mse_loss(encoder(mixed), target) / target.pow(2).mean().clamp_min(1e-12)
-        optimizer.zero_grad(set_to_none=True)
-        error.backward()
-        optimizer.step()
-        schedule.step()
-        errors.append(float(error.detach()))
+        return relative_error(encoder(mixed), target)
+
+    errors = _distil(
+        list(encoder.parameters()), error, batches, steps, learning_rate, mix, crop, normalize, seed
+    )
     reference.train(reference_training)
-    tenth = max(1, steps // 10)
-    return {
-        "steps": steps,
-        "learning_rate": learning_rate,
-        "mix": mix,
-        "crop": crop,
-        "error_start": round(sum(errors[:tenth]) / tenth, 4),
-        "error_end": round(sum(errors[-tenth:]) / tenth, 4),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return _record(steps, learning_rate, mix, crop, errors, started)
+
+
+def _body(model: nn.Module) -> nn.Module:
+    """The backbone whose layers above the feature encoder are re-learned (`base_model`: `wav2vec2`, `hubert`)."""
+    body = getattr(model, "base_model", None)
+    if body is None or body is model or feature_encoder(body) is None:
+        raise ValueError("re-learning the layers above the feature encoder needs a Wav2Vec2-style backbone")
+    return body
+
+
+def relearn_upper_layers(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: list[dict[str, Any]],
+    *,
+    steps: int,
+    learning_rate: float,
+    mix: float = 0.5,
+    normalize: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Re-initialise the layers of `student`'s backbone above its feature encoder (feature projection, positional
+    convolution, transformer layers) and train them, the feature encoder frozen, to reproduce `teacher`'s hidden
+    states (each layer's output) on the clean clips of `batches`, mixed in pairs as in `relearn_feature_encoder`.
+    The classification head is kept. Adam at `learning_rate`, cosine decay to zero over `steps`; both models in
+    eval mode (no dropout, no time masking) so that the targets are the teacher's deterministic features.
+
+    Returns:
+        A record as `relearn_feature_encoder`'s (`crop` is `None`: whole clips).
+    """
+    body, reference = _body(student), _body(teacher)
+    if not batches:
+        raise ValueError("re-learning needs clean clips")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    started = time.perf_counter()
+    encoder = feature_encoder(body)
+    names = [name for name, module in body.named_children() if module is not encoder]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # the config's own initialisation, parametrised convolutions included (`reset_parameters` misses those)
+        fresh = type(body)(body.config)
+    upper = [getattr(body, name) for name in names]
+    for name, module in zip(names, upper, strict=True):
+        module.load_state_dict(getattr(fresh, name).state_dict())
+    parameters = [p for module in upper for p in module.parameters()]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    set_encoder_trainable(student, False)
+    student_training, teacher_training = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+
+    def error(mixed: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = reference(mixed, output_hidden_states=True).hidden_states
+        outputs = body(mixed, output_hidden_states=True).hidden_states
+        pairs = list(zip(outputs, targets, strict=True))
+        return sum(relative_error(output, target) for output, target in pairs) / len(pairs)
+
+    errors = _distil(parameters, error, batches, steps, learning_rate, mix, None, normalize, seed)
+    student.train(student_training)
+    teacher.train(teacher_training)
+    set_encoder_trainable(student, True)
+    return _record(steps, learning_rate, mix, None, errors, started)

@@ -2,6 +2,7 @@
 
     hf-gnft benchmark benchmarks/grids/small.yaml            # make bench-defenses
     hf-gnft benchmark benchmarks/grids/small.yaml --limit 10  # at most 10 more cells, then report
+    hf-gnft benchmark benchmarks/grids/small.yaml --only tiny-hubert/pbsm  # one suspect's cells first
     hf-gnft benchmark benchmarks/grids/small.yaml --report    # tables and plots from results.jsonl
     hf-gnft benchmark benchmarks/grids/small.yaml --executor ray                        # a local Ray, all cores
     hf-gnft benchmark benchmarks/grids/paper.yaml --executor ray --ray_address HOST:6379  # an existing cluster
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("grid", help="the grid's YAML file")
     parser.add_argument("--limit", type=int, default=None, help="run at most this many unfinished cells")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="MODEL[/TRIGGER]",
+        help="run only these suspects' unfinished cells now (e.g. tiny-wav2vec2/pbsm); the reports cover the grid",
+    )
     parser.add_argument("--report", action="store_true", help="only write the reports from results.jsonl")
     parser.add_argument("--output_dir", default=None, help="override the grid's output_dir")
     parser.add_argument(
@@ -86,10 +94,9 @@ def main(argv: list[str] | None = None) -> str:
         rows = benchmark.rows()
     else:
         try:
-            rows = benchmark.run(limit=args.limit, executor=executor)
-        except (
-            ExecutorError
-        ) as error:  # an address nothing listens on, resources no node has: before any task
+            rows = benchmark.run(limit=args.limit, executor=executor, only=args.only)
+        except (ExecutorError, BenchmarkConfigError) as error:
+            # an address nothing listens on, resources no node has, an --only naming no suspect: before any task
             parser.error(str(error))
     command = f"hf-gnft benchmark {args.grid}"
     table = write_reports(rows, config, Path(config.output_dir), command)
