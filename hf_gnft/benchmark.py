@@ -740,7 +740,8 @@ class Benchmark:
             only: run only these suspects' cells now (`MODEL` or `MODEL/TRIGGER`, see `select`); the rest of the
                 grid stays unfinished, for a later run.
         """
-        runnable = self.select(only) if only else self.cells()
+        # a name that is no suspect of the grid fails before anything is written
+        selected = self.select(only) if only else None
         executor = executor or ExecutorSettings.from_grid(self.config.executor, self.config.resources)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         machine = self.output_dir / "machine.json"
@@ -751,9 +752,9 @@ class Benchmark:
         done = {
             self.key(r["model"], r["trigger"], r["defense"], r["value"], r["seed"]) for r in self._finished
         }
-        total = len(self.cells())
-        finished_before = sum(self.key(*cell) in done for cell in self.cells())
-        todo = [cell for cell in runnable if self.key(*cell) not in done]
+        cells = self.cells()
+        total, finished_before = len(cells), sum(self.key(*cell) in done for cell in cells)
+        todo = [cell for cell in (cells if selected is None else selected) if self.key(*cell) not in done]
         print(f"benchmark: {finished_before} of {total} cells done, {len(todo)} to run"
               f"{' on Ray' if executor.executor == 'ray' else ''}", flush=True)  # fmt: skip
         todo = todo[:limit] if limit is not None else todo

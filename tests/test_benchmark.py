@@ -82,6 +82,7 @@ def test_only_runs_the_named_suspects_cells_and_leaves_the_rest_for_later(tmp_pa
     with pytest.raises(SystemExit):
         benchmark_recipe.main([str(path), "--only", "tiny-wav2vec2/pbsm"])
     assert "names no suspect of the grid; it has: tiny-wav2vec2/clean" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()  # refused before anything is written
     benchmark_recipe.main([str(path), "--only", "tiny-wav2vec2/clean", "--limit", "1"])
     rows = [json.loads(line) for line in (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
     assert [r["trigger"] for r in rows] == ["clean"]

@@ -93,6 +93,14 @@ def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output, target) / target.pow(2).mean().clamp_min(1e-12)
 
 
+def _check_run(batches: list[dict[str, Any]], steps: int, what: str) -> None:
+    """Refuse a re-learning of `what` without clean clips or without a whole number of steps >= 1."""
+    if not batches:
+        raise ValueError(f"re-learning {what} needs clean clips")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
 def _distil(
     parameters: list[nn.Parameter],
     error: Callable[[torch.Tensor], torch.Tensor],
@@ -182,10 +190,7 @@ def relearn_feature_encoder(
         raise ValueError(
             "re-learning the feature encoder needs a model with a convolutional waveform encoder"
         )
-    if not batches:
-        raise ValueError("re-learning the feature encoder needs clean clips")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_run(batches, steps, "the feature encoder")
     if crop is not None:
         check_crop(reference, crop, batches[0]["input_values"])
     started = time.perf_counter()
@@ -236,10 +241,7 @@ def relearn_upper_layers(
         A record as `relearn_feature_encoder`'s (`crop` is `None`: whole clips).
     """
     body, reference = _body(student), _body(teacher)
-    if not batches:
-        raise ValueError("re-learning needs clean clips")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_run(batches, steps, "the layers above the feature encoder")
     started = time.perf_counter()
     encoder = feature_encoder(body)
     names = [name for name, module in body.named_children() if module is not encoder]

@@ -177,7 +177,7 @@ class PurifyConfig(DefenseConfig):
             (`benchmarks/relearning_probe.py`, docs/lasting.md): 3,000 steps on 0.25 s windows reach a relative
             error of 0.040 on whole validation clips, 1,500 steps on whole clips 0.063.
         purify_relearn_upper_steps (`int`, *optional*, defaults to `0`):
-            After the encoder's re-learning, the backbone's layers above it (feature projection, positional
+            After the encoder's re-learning (if on), the backbone's layers above it (feature projection, positional
             convolution, transformer layers) are re-initialised and trained for this many steps, the encoder frozen,
             to reproduce the suspect's hidden states on the clean clips
             ([`hf_gnft.defenses.encoder_relearning.relearn_upper_layers`]); the classification head is kept. For
@@ -367,7 +367,7 @@ class PurifyConfig(DefenseConfig):
         default=0,
         metadata={
             "help": "Steps of re-learning the backbone's layers above the feature encoder (projection, transformer) "
-            "from the suspect's hidden states on the clean clips, after the encoder's re-learning (0: off)."
+            "from the suspect's hidden states on the clean clips, after the encoder's re-learning if any (0: off)."
         },
     )
     purify_relearn_upper_learning_rate: float = field(
