@@ -38,7 +38,9 @@ memorised its clips does not count.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,15 +145,36 @@ def normalise(inputs: torch.Tensor) -> torch.Tensor:
     return (inputs - mean) / torch.sqrt(variance + 1e-7)
 
 
+#: the last pitch-shifted batches, by content: a defense's re-inversion checks (after it, and after each relapse
+#: fine-tune) shift the same clips by the same semitones again, and the shift costs far more than the model's pass.
+#: 96 = the re-inversion's 128 clips in batches of 32 times the ±12-semitone grid (at most about 200 MB of 1 s clips)
+_SHIFTED: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_SHIFTED_MAX = 96
+
+
 def pitch_shifted(inputs: torch.Tensor, semitones: int, sampling_rate: int = 16_000) -> torch.Tensor:
-    """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable)."""
+    """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable). The
+    last 96 results are kept (on the CPU), keyed by the clips' content, so shifting the same clips again costs nothing."""
     if semitones == 0:
         return inputs
-    rows = [
-        torch.from_numpy(pitch_shift(row, sampling_rate, semitones))
-        for row in inputs.detach().cpu().double().numpy()
-    ]
-    return torch.stack(rows).to(device=inputs.device, dtype=inputs.dtype)
+    array = inputs.detach().cpu().double().numpy()
+    key = (
+        int(semitones),
+        int(sampling_rate),
+        str(inputs.dtype),
+        array.shape,
+        hashlib.sha1(array.tobytes()).hexdigest(),
+    )
+    shifted = _SHIFTED.get(key)
+    if shifted is None:
+        rows = [torch.from_numpy(pitch_shift(row, sampling_rate, semitones)) for row in array]
+        shifted = torch.stack(rows).to(dtype=inputs.dtype)
+        _SHIFTED[key] = shifted
+        while len(_SHIFTED) > _SHIFTED_MAX:
+            _SHIFTED.popitem(last=False)
+    else:
+        _SHIFTED.move_to_end(key)
+    return shifted.to(device=inputs.device, copy=True)  # a copy: the caller may change it in place
 
 
 def spectral_filter(inputs: torch.Tensor, log_gains: torch.Tensor) -> torch.Tensor:

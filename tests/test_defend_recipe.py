@@ -391,10 +391,17 @@ def test_a_mean_drop_of_exactly_the_limit_qualifies_despite_float_rounding():
     assert choose_strongest({0.02: [0.0201]}, max_drop=0.02) is None
 
 
-def test_the_relapse_check_is_recorded_and_stated_on_the_card(tmp_path, suspect):
+def test_the_relapse_check_is_recorded_and_stated_on_the_card(tmp_path, suspect, monkeypatch):
     """`--relapse_check` (on by default): the defended model fine-tuned again on the clean subset alone, at the FT
     defense's learning rate and 5x it, with CA / ASR and a re-inversion after each; the card states them, and that
-    the retuning check's reference is unknown (no model trained without poisoning was given)."""
+    the retuning check's reference is unknown (no model trained without poisoning was given). The relapse fine-tunes
+    run 2 epochs instead of the FT defense's 20, to keep the test in seconds (the epochs change no code path)."""
+    import functools
+
+    from hf_gnft import pipeline
+    from hf_gnft.lasting import RelapseConfig
+
+    monkeypatch.setattr(pipeline, "RelapseConfig", functools.partial(RelapseConfig, num_train_epochs=2.0))
     out = tmp_path / "cleaned"
     fast = [arg for arg in FAST if arg not in ("--relapse_check", "--reinversion_check", "false")]
     record = defend_recipe.main(["--defense", "ft", "--model", str(suspect), "--output_dir", str(out), "--clean_count",
@@ -405,6 +412,7 @@ def test_the_relapse_check_is_recorded_and_stated_on_the_card(tmp_path, suspect)
         assert 0 <= run["clean_accuracy"] <= 1 and 0 <= run["attack_success_rate"] <= 1
         assert run["reinversion"] is None or 0 <= run["reinversion"] <= 1
     assert record["relapse"]["settings"]["seed"] == record["clean_data"]["clean_seed"]
+    assert record["relapse"]["settings"]["num_train_epochs"] == 2.0
     card = (out / "README.md").read_text()
     assert "**Relapse check**" in card and "at learning rate 0.05" in card
     assert f"ASR {round(100 * runs[1]['attack_success_rate'], 2)}%" in card

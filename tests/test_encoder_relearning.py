@@ -70,6 +70,7 @@ def test_relearning_on_clean_clips_removes_a_backdoor_keyed_to_one_waveform(plan
     assert after.clean_accuracy >= before.clean_accuracy - 0.15
 
 
+@pytest.mark.slow
 def test_a_crop_shows_the_encoders_windows_only_and_still_reproduces_whole_clips(planted_backdoor):
     """Re-learning on windows of half of each clip: both encoders only ever see windows of that length, and with twice
     the steps (the same samples) the new encoder reproduces the suspect's on whole held-out clips: a twentieth of a

@@ -192,6 +192,30 @@ def test_the_pitch_search_finds_the_shift_a_pitch_trigger_needs():
     assert pitch_shifted(clips, chosen).shape == clips.shape
 
 
+def test_shifting_the_same_clips_again_reuses_the_first_shift_and_gives_the_same_copy(monkeypatch):
+    from hf_gnft import inversion
+
+    calls = []
+    monkeypatch.setattr(
+        inversion, "pitch_shift", lambda row, rate, semitones: calls.append(semitones) or row * 2
+    )
+    monkeypatch.setattr(inversion, "_SHIFTED", inversion.OrderedDict())
+    clips = torch.randn(3, 400)
+    first = pitch_shifted(clips, 5)
+    again = pitch_shifted(clips.clone(), 5)  # the same content in a new tensor: not shifted again
+    assert calls == [5, 5, 5]
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    again.zero_()  # a copy: changing it leaves the kept result alone
+    torch.testing.assert_close(pitch_shifted(clips, 5), 2 * clips, rtol=0, atol=0)
+    pitch_shifted(clips + 1, 5), pitch_shifted(clips, 4), pitch_shifted(clips.double(), 5)
+    assert calls == [5] * 3 + [5] * 3 + [4] * 3 + [5] * 3  # other clips, semitones or precision: shifted
+    assert pitch_shifted(clips, 0) is clips
+    monkeypatch.setattr(inversion, "_SHIFTED_MAX", 2)
+    for semitones in (1, 2, 3):
+        pitch_shifted(clips, semitones)
+    assert len(inversion._SHIFTED) == 2  # the oldest is dropped
+
+
 # ---------------------------------------------------------------------------------------------- shared with the scan
 
 
@@ -475,6 +499,7 @@ def plain_purified(planted_backdoor, tmp_path_factory):
 @pytest.mark.parametrize(
     "interpolation", [{"purify_interpolation_step": 0.25}, {"purify_interpolation_weight": 0.4}]
 )
+@pytest.mark.slow
 def test_purify_interpolates_towards_the_suspect_and_records_the_weight(
     planted_backdoor, plain_purified, tmp_path, interpolation
 ):
@@ -498,6 +523,7 @@ def test_purify_interpolates_towards_the_suspect_and_records_the_weight(
             torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_planted_backdoor(
     planted_backdoor, tmp_path
 ):
@@ -512,6 +538,7 @@ def test_purify_with_distillation_and_the_avoid_target_objective_removes_the_pla
     assert before.attack_success_rate == 1.0  # the teacher (the suspect itself) is untouched
 
 
+@pytest.mark.slow
 def test_purify_can_re_learn_the_layers_above_the_encoder_too(planted_backdoor, tmp_path):
     planted = planted_backdoor
     config = purify_config(tmp_path, purify_families=["additive"], purify_relearn_upper_steps=100)
