@@ -145,36 +145,57 @@ def normalise(inputs: torch.Tensor) -> torch.Tensor:
     return (inputs - mean) / torch.sqrt(variance + 1e-7)
 
 
-#: the last pitch-shifted batches, by content: a defense's re-inversion checks (after it, and after each relapse
-#: fine-tune) shift the same clips by the same semitones again, and the shift costs far more than the model's pass.
-#: 96 = the re-inversion's 128 clips in batches of 32 times the ±12-semitone grid (at most about 200 MB of 1 s clips)
-_SHIFTED: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_SHIFTED_MAX = 96
+class _ShiftedClips:
+    """The last pitch-shifted clips, each keyed by its content, up to `max_bytes` (least recently used dropped)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.clips: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        clip = self.clips.get(key)
+        if clip is not None:
+            self.clips.move_to_end(key)
+        return clip
+
+    def put(self, key: tuple, clip: torch.Tensor) -> None:
+        self.clips[key] = clip
+        self.nbytes += clip.nbytes
+        while self.nbytes > self.max_bytes and len(self.clips) > 1:
+            self.nbytes -= self.clips.popitem(last=False)[1].nbytes
+
+
+#: pitch-shifted clips, by content: purify's triggered copies are the same clips every epoch, and a defense's
+#: re-inversion checks (after it, and after each relapse fine-tune) shift the same clips by the same semitones; the
+#: shift costs far more than the model's pass. 1 GiB holds about 16,000 one-second clips (float32).
+_SHIFTED = _ShiftedClips(max_bytes=1 << 30)
 
 
 def pitch_shifted(inputs: torch.Tensor, semitones: int, sampling_rate: int = 16_000) -> torch.Tensor:
-    """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable). The
-    last 96 results are kept (on the CPU), keyed by the clips' content, so shifting the same clips again costs nothing."""
+    """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable). Shifted
+    clips are kept (on the CPU, up to 1 GiB), each keyed by its content, so a clip shifted before costs nothing."""
     if semitones == 0:
         return inputs
     array = inputs.detach().cpu().double().numpy()
-    key = (
-        int(semitones),
-        int(sampling_rate),
-        str(inputs.dtype),
-        array.shape,
-        hashlib.sha1(array.tobytes()).hexdigest(),
-    )
-    shifted = _SHIFTED.get(key)
-    if shifted is None:
-        rows = [torch.from_numpy(pitch_shift(row, sampling_rate, semitones)) for row in array]
-        shifted = torch.stack(rows).to(dtype=inputs.dtype)
-        _SHIFTED[key] = shifted
-        while len(_SHIFTED) > _SHIFTED_MAX:
-            _SHIFTED.popitem(last=False)
-    else:
-        _SHIFTED.move_to_end(key)
-    return shifted.to(device=inputs.device, copy=True)  # a copy: the caller may change it in place
+    keys = [
+        (
+            int(semitones),
+            int(sampling_rate),
+            str(inputs.dtype),
+            row.shape,
+            hashlib.sha1(row.tobytes()).hexdigest(),
+        )
+        for row in array
+    ]
+    rows = []
+    for row, key in zip(array, keys, strict=True):
+        shifted = _SHIFTED.get(key)
+        if shifted is None:
+            shifted = torch.from_numpy(pitch_shift(row, sampling_rate, semitones)).to(dtype=inputs.dtype)
+            _SHIFTED.put(key, shifted)
+        rows.append(shifted)
+    return torch.stack(rows).to(device=inputs.device)  # stacked: a new tensor the caller may change in place
 
 
 def spectral_filter(inputs: torch.Tensor, log_gains: torch.Tensor) -> torch.Tensor:

@@ -199,7 +199,7 @@ def test_shifting_the_same_clips_again_reuses_the_first_shift_and_gives_the_same
     monkeypatch.setattr(
         inversion, "pitch_shift", lambda row, rate, semitones: calls.append(semitones) or row * 2
     )
-    monkeypatch.setattr(inversion, "_SHIFTED", inversion.OrderedDict())
+    monkeypatch.setattr(inversion, "_SHIFTED", inversion._ShiftedClips(max_bytes=1 << 20))
     clips = torch.randn(3, 400)
     first = pitch_shifted(clips, 5)
     again = pitch_shifted(clips.clone(), 5)  # the same content in a new tensor: not shifted again
@@ -210,10 +210,19 @@ def test_shifting_the_same_clips_again_reuses_the_first_shift_and_gives_the_same
     pitch_shifted(clips + 1, 5), pitch_shifted(clips, 4), pitch_shifted(clips.double(), 5)
     assert calls == [5] * 3 + [5] * 3 + [4] * 3 + [5] * 3  # other clips, semitones or precision: shifted
     assert pitch_shifted(clips, 0) is clips
-    monkeypatch.setattr(inversion, "_SHIFTED_MAX", 2)
-    for semitones in (1, 2, 3):
-        pitch_shifted(clips, semitones)
-    assert len(inversion._SHIFTED) == 2  # the oldest is dropped
+    # each clip is kept on its own: a new batch of known clips and one changed clip (e.g. padded in a batch of
+    # longer clips, or purify's triggered copies in new batches every epoch) shifts only the changed one
+    calls.clear()
+    changed = clips.clone()
+    changed[1, -1] += 1.0
+    torch.testing.assert_close(pitch_shifted(changed[[2, 1, 0]], 5), 2 * changed[[2, 1, 0]], rtol=0, atol=0)
+    assert calls == [5]
+    monkeypatch.setattr(inversion, "_SHIFTED", inversion._ShiftedClips(max_bytes=2 * clips[0].nbytes))
+    pitch_shifted(clips, 1)
+    assert len(inversion._SHIFTED.clips) == 2 and inversion._SHIFTED.nbytes == 2 * clips[0].nbytes
+    calls.clear()
+    pitch_shifted(clips[2:], 1), pitch_shifted(clips[:1], 1)
+    assert calls == [1]  # the oldest (the first clip) was dropped; the last two were kept
 
 
 # ---------------------------------------------------------------------------------------------- shared with the scan
@@ -302,22 +311,6 @@ def test_the_refinement_reuses_the_detections_pitch_shifts_and_finds_the_same_tr
         if a["family"] == "spectral":
             assert a["trigger"].semitones == b["trigger"].semitones
             assert b["trigger"].semitones == detection.triggers["spectral"][b["target"]].semitones
-
-
-def test_the_trainer_pitch_shifts_each_triggered_copy_once_while_its_input_is_the_same():
-    values = torch.randn(4, 4000)
-    marks = torch.tensor([-1, 3, 5, -1])
-    rows = marks >= 0
-    state = SimpleNamespace(_shifted={}, sampling_rate=16_000)
-    first = PurifyTrainer._pitch_shifted(state, values, rows, marks, 2)
-    torch.testing.assert_close(first, pitch_shifted(values[rows], 2), rtol=0, atol=0)
-    assert set(state._shifted) == {(3, 2), (5, 2)}
-    state._shifted[(3, 2)] = (values[1], torch.zeros(4000))  # a cached copy is used as it is ...
-    assert torch.equal(PurifyTrainer._pitch_shifted(state, values, rows, marks, 2)[0], torch.zeros(4000))
-    changed = values.clone()
-    changed[1] += 1.0  # ... until its input changes (e.g. padded in a batch of longer clips)
-    torch.testing.assert_close(PurifyTrainer._pitch_shifted(state, changed, rows, marks, 2)[0],
-                               pitch_shifted(changed[1:2], 2)[0], rtol=0, atol=0)  # fmt: skip
 
 
 class FixedLogits(nn.Module):

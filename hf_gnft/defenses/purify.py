@@ -731,8 +731,6 @@ class PurifyTrainer(GNFTTrainer):
         self.normalize = normalize
         self.sampling_rate = sampling_rate
         self.triggers: list[InvertedTrigger] = []
-        #: (row mark, semitones) -> (that copy's input, pitch-shifted): the copies are the same clips every epoch
-        self._shifted: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.current_round: int | None = None
         self.round_log: list[dict[str, Any]] = []
 
@@ -793,7 +791,7 @@ class PurifyTrainer(GNFTTrainer):
                         groups = [(shift, rows & (copy_index == i)) for i, shift in enumerate(self.shifts)]
                     for semitones, chosen in groups:
                         if bool(chosen.any()):
-                            shifted = self._pitch_shifted(values, chosen, marks, semitones)
+                            shifted = pitch_shifted(values[chosen], semitones, self.sampling_rate)
                             values[chosen] = trigger.apply_to_shifted(shifted).detach().to(values.dtype)
                 else:
                     values[rows] = trigger.apply(values[rows]).detach().to(values.dtype)
@@ -844,24 +842,6 @@ class PurifyTrainer(GNFTTrainer):
             )
             loss = (1 - self.distillation) * loss + self.distillation * t * t * kl
         return (loss, outputs) if return_outputs else loss
-
-    def _pitch_shifted(
-        self, values: torch.Tensor, rows: torch.Tensor, marks: torch.Tensor, semitones: int
-    ) -> torch.Tensor:
-        """`values[rows]` shifted by `semitones`, each copy computed once (keyed by its mark) and reused while its
-        input is the same (padding in a batch of longer clips changes it)."""
-        indices = torch.nonzero(rows).flatten().tolist()
-
-        def cached(i: int) -> bool:
-            entry = self._shifted.get((int(marks[i]), semitones))
-            return entry is not None and torch.equal(entry[0], values[i].detach().cpu())
-
-        missing = [i for i in indices if not cached(i)]
-        if missing:
-            shifted = pitch_shifted(values[missing], semitones, self.sampling_rate).detach().cpu()
-            for i, clip in zip(missing, shifted, strict=True):
-                self._shifted[(int(marks[i]), semitones)] = (values[i].detach().cpu(), clip)
-        return torch.stack([self._shifted[(int(marks[i]), semitones)][1] for i in indices]).to(values.device)
 
 
 def _check_classes(model: PreTrainedModel, clean: Dataset) -> None:
