@@ -174,22 +174,19 @@ _SHIFTED = _ShiftedClips(max_bytes=1 << 30)
 
 def pitch_shifted(inputs: torch.Tensor, semitones: int, sampling_rate: int = 16_000) -> torch.Tensor:
     """Every clip of `inputs` (batch, length) shifted by `semitones`, the same length (not differentiable). Shifted
-    clips are kept (on the CPU, up to 1 GiB), each keyed by its content, so a clip shifted before costs nothing."""
+    clips are kept (on the CPU, up to 1 GiB), each keyed by its content, so a clip shifted before costs only a hash
+    of its samples."""
     if semitones == 0:
         return inputs
-    array = inputs.detach().cpu().double().numpy()
-    keys = [
-        (
+    rows = []
+    for row in inputs.detach().cpu().double().numpy():
+        key = (
             int(semitones),
             int(sampling_rate),
             str(inputs.dtype),
             row.shape,
             hashlib.sha1(row.tobytes()).hexdigest(),
         )
-        for row in array
-    ]
-    rows = []
-    for row, key in zip(array, keys, strict=True):
         shifted = _SHIFTED.get(key)
         if shifted is None:
             shifted = torch.from_numpy(pitch_shift(row, sampling_rate, semitones)).to(dtype=inputs.dtype)
