@@ -43,7 +43,7 @@ def sines():
 
 @pytest.fixture(scope="session")
 def backdoored(tmp_path_factory):
-    """A small noise-burst backdoor in the tiny Wav2Vec2, trained once per session (about 30 s), for the
+    """A small noise-burst backdoor in the tiny Wav2Vec2, trained once per session (about 25 s), for the
     defense tests. Yields a namespace: model_dir, model, extractor, dataset (train / validation / test),
     clean (80 clean training rows), test, triggered (the triggered non-target test rows), target, before
     (BackdoorMetrics of the suspect)."""
@@ -58,7 +58,7 @@ def backdoored(tmp_path_factory):
     from hf_gnft.training import evaluate_backdoor
 
     out = tmp_path_factory.mktemp("backdoored") / "suspect"
-    data = DataArguments(synthetic_train_size=800, synthetic_validation_size=150, synthetic_test_size=200)
+    data = DataArguments(synthetic_train_size=400, synthetic_validation_size=150, synthetic_test_size=200)
     run_attack(
         data,
         AttackArguments(poison_rate=0.1),

@@ -446,6 +446,7 @@ def test_anp_runs_on_the_backdoored_model_and_keeps_clean_accuracy(backdoored):
     assert after.clean_accuracy >= backdoored.before.clean_accuracy - 0.05
 
 
+@pytest.mark.slow  # 14 s: `anp_neurons="conv"` is off by default; its unit test above stays in make test
 def test_anp_on_the_feature_encoder_removes_a_planted_backdoor_that_random_pruning_keeps(planted_backdoor):
     """ANP's premise holds, in part, for the channels of the convolutional feature encoder of a tiny model with a
     planted noise-burst backdoor: the masks that perturbation drives down are more the backdoor's channels than

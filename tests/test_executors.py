@@ -189,7 +189,8 @@ def compare_runs(serial_results, ray_results) -> None:
 
 
 def test_ray_gives_the_serial_runs_cells_and_resumes_without_redoing_any(tmp_path, local_ray, suspects):
-    checks = {"suspects_dir": str(suspects), "retuning": True, "defenses": {"ft": {"grid": [0.01, 0.2],
+    # no retuning check here (the slow grid test below runs it and the re-inversion on Ray): cells in seconds
+    checks = {"suspects_dir": str(suspects), "defenses": {"ft": {"grid": [0.01, 0.2],
               "settings": {**FT, "max_steps": 4}}}}  # fmt: skip
     serial_table = benchmark_recipe.main([str(write_grid(tmp_path, "serial", **checks)), "--threads", "1"])
     # Ray, 1 thread per task; stopped after 1 cell (as a killed driver leaves the file), then run again

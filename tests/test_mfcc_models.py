@@ -138,9 +138,9 @@ def test_loading_without_import_hf_gnft_fails_naming_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert result.returncode != 0 and "hf_gnft" in result.stderr
-    result = subprocess.run([sys.executable, "-c", "import hf_gnft\n" + code, str(tmp_path / "m")],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    from transformers import AutoModelForAudioClassification  # here, where hf_gnft is imported: it loads
+
+    assert type(AutoModelForAudioClassification.from_pretrained(tmp_path / "m")) is type(model)
 
 
 def test_a_saved_family_is_not_reported_as_custom_code_but_a_foreign_architecture_is(tmp_path):
@@ -229,7 +229,8 @@ def test_tsbd_ranks_the_conv2d_channels_of_an_mfcc_network_and_zeroes_only_them(
     assert zeroed > 0
 
 
-@pytest.mark.parametrize("defense", ["gn-ft", "tsbd", "purify"])
+# tsbd (5 s) in make test-slow: TSBD on an MFCC network is checked directly above (apply_tsbd on a smallcnn)
+@pytest.mark.parametrize("defense", ["gn-ft", pytest.param("tsbd", marks=pytest.mark.slow), "purify"])
 def test_the_recipes_attack_and_defend_an_mfcc_network_like_any_model(mfcc_suspect, tmp_path, defense):
     settings = {
         "gn-ft": ["--max_steps", "2"],

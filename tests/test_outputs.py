@@ -128,21 +128,22 @@ def _defend_args(suspect: Path, out: Path, *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
-def _run_defend(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    script = KILLING_DEFEND
-    command = (
-        [sys.executable, "-c", script]
-        if kill_at
-        else [sys.executable, str(REPO_ROOT / "recipes" / "defend.py")]
-    )
-    env = {**os.environ, "KILL_AT_STEP": str(kill_at or 0)}
-    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+def _run_killed_defend(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
+    """recipes/defend.py in its own process, killed with SIGKILL after the checkpoint of step `kill_at`, on as many
+    torch threads as this process (so its steps are bitwise those of a run here)."""
+    env = {**os.environ, "KILL_AT_STEP": str(kill_at), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.run([sys.executable, "-c", KILLING_DEFEND, *args], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
 
 
 def test_defense_killed_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(recipe_suspect, tmp_path):
-    """8 optimizer steps, a checkpoint every 2; SIGKILL right after the checkpoint of step 4."""
+    """8 optimizer steps, a checkpoint every 2; SIGKILL right after the checkpoint of step 4 (in a process of its
+    own); the refused re-run, the resumed run and the uninterrupted one run here (each import of torch and
+    transformers in a new process costs seconds)."""
+    from hf_gnft.scripts import defend as defend_recipe
+
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
-    run = _run_defend(_defend_args(recipe_suspect, killed), kill_at=4)
+    run = _run_killed_defend(_defend_args(recipe_suspect, killed), kill_at=4)
     assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
     assert not killed.exists()  # nothing that looks finished
     assert sorted(p.name for p in partial_dir(killed).glob("checkpoint-*")) == [
@@ -150,15 +151,14 @@ def test_defense_killed_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(r
         "checkpoint-4",
     ]
 
-    rerun = _run_defend(_defend_args(recipe_suspect, killed))  # without --resume_from_checkpoint: refused
-    assert rerun.returncode != 0 and "--resume_from_checkpoint true" in rerun.stderr
+    with pytest.raises(OutputExistsError, match="--resume_from_checkpoint true"):  # without it: refused
+        defend_recipe.main(_defend_args(recipe_suspect, killed))
     assert (partial_dir(killed) / "checkpoint-4").is_dir()  # and nothing lost
 
-    resumed = _run_defend(_defend_args(recipe_suspect, killed, "--resume_from_checkpoint", "true"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _run_defend(_defend_args(recipe_suspect, uninterrupted)).returncode == 0
-    record = json.loads((killed / "defense_metrics.json").read_text())
+    record = defend_recipe.main(_defend_args(recipe_suspect, killed, "--resume_from_checkpoint", "true"))
+    defend_recipe.main(_defend_args(recipe_suspect, uninterrupted))
     assert record["resumed_from"] == "checkpoint-4"
+    assert json.loads((killed / "defense_metrics.json").read_text())["resumed_from"] == "checkpoint-4"
     assert not partial_dir(killed).exists() and not list(killed.glob("checkpoint-*"))
     a, b = load_file(str(killed / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -563,6 +563,7 @@ def test_purify_on_the_clean_twin_only_fine_tunes_and_keeps_its_accuracy(planted
     assert outcome.info["fallback_distillation"] == 0.0  # plain GN-FT by default
 
 
+@pytest.mark.slow  # 10 s: `purify_fallback_distillation` is off by default (0, checked above)
 def test_the_fallback_can_be_taught_by_the_suspect_instead_of_the_labels(planted_backdoor, tmp_path):
     """`purify_fallback_distillation` 1: the suspect's answers teach the fallback, not the clean subset's labels
     (here all wrong: each clip labelled as the next class), so its accuracy stays; plain GN-FT learns the labels."""
