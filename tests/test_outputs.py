@@ -129,8 +129,9 @@ def _defend_args(suspect: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run_killed_defend(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
-    """recipes/defend.py in its own process, killed with SIGKILL after the checkpoint of step `kill_at`, on as many
-    torch threads as this process (so its steps are bitwise those of a run here)."""
+    """The defend recipe (`hf_gnft.scripts.defend.main`, what recipes/defend.py runs) in its own process, killed
+    with SIGKILL after the checkpoint of step `kill_at`, on as many torch threads as this process (so its steps are
+    bitwise those of a run here)."""
     env = {**os.environ, "KILL_AT_STEP": str(kill_at), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run([sys.executable, "-c", KILLING_DEFEND, *args], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
