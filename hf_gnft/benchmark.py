@@ -93,6 +93,8 @@ class DefenseEntry:
             tolerance); another field, such as `learning_rate`, tunes that instead.
         larger_is_stronger: whether a larger knob value is the stronger defense (default: the method's
             for its own knob, else True, as for a learning rate).
+        suspects: run the entry on these suspects only (`MODEL/TRIGGER`, or `MODEL/clean` for the model trained
+            without a trigger), e.g. a costly ablation on a few suspects; default: every suspect of the grid.
     """
 
     method: str
@@ -100,6 +102,11 @@ class DefenseEntry:
     grid: list[float] = field(default_factory=list)
     knob: str | None = None
     larger_is_stronger: bool | None = None
+    suspects: list[str] | None = None
+
+    def runs_on(self, model: str, trigger: Any) -> bool:
+        """Whether the entry has cells on the suspect (model, trigger)."""
+        return self.suspects is None or f"{model}/{trigger_name(trigger)}" in self.suspects
 
     @property
     def defense(self) -> DefenseMethod:
@@ -212,7 +219,8 @@ class BenchmarkConfig:
                 raise BenchmarkConfigError(f"defense {name!r}: unknown keys {', '.join(unknown)}")
             parsed = DefenseEntry(method=entry.get("method", name), settings=entry.get("settings") or {},
                                   grid=list(entry.get("grid") or []), knob=entry.get("knob"),
-                                  larger_is_stronger=entry.get("larger_is_stronger"))  # fmt: skip
+                                  larger_is_stronger=entry.get("larger_is_stronger"),
+                                  suspects=entry.get("suspects"))  # fmt: skip
             method = parsed.defense  # unknown method names fail here
             parsed.settings.pop("output_dir", None)
             knob = parsed.knob_name
@@ -264,6 +272,23 @@ class BenchmarkConfig:
                     f"{CLEAN!r} is not a trigger: set `clean_models: true` to defend models trained without one"
                 )
             grid_trigger(trigger)  # unknown trigger names fail before any training
+        triggers = [*self.triggers, *([CLEAN] if self.clean_models else [])]
+        suspects = {f"{model}/{trigger_name(trigger)}" for model in self.models for trigger in triggers}
+        for name, entry in self.defenses.items():
+            if entry.suspects is None:
+                continue
+            if isinstance(entry.suspects, str) or not entry.suspects:
+                raise BenchmarkConfigError(f"defense {name!r}: suspects must list at least one MODEL/TRIGGER")
+            unknown = sorted(set(entry.suspects) - suspects)
+            if unknown:
+                raise BenchmarkConfigError(
+                    f"defense {name!r}: suspects {', '.join(map(repr, unknown))} are not in the grid; it has: "
+                    f"{', '.join(sorted(suspects))}"
+                )
+            if name == self.reference:
+                raise BenchmarkConfigError(
+                    f"defense {name!r} is the cost reference: it must run on every suspect"
+                )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
@@ -382,6 +407,8 @@ class Benchmark:
         for model in self.config.models:
             for trigger in triggers:
                 for name, entry in self.config.defenses.items():
+                    if not entry.runs_on(model, trigger):
+                        continue
                     seeds = self.config.seeds if entry.defense.uses_data else self.config.seeds[:1]
                     for value in entry.grid:
                         for seed in seeds:
@@ -1396,6 +1423,14 @@ def plot_interpolation(
     return path
 
 
+def entry_description(entry: DefenseEntry) -> dict[str, Any]:
+    """A grid entry's fields for the report; `suspects` only where the entry is restricted."""
+    described = asdict(entry)
+    if entry.suspects is None:
+        del described["suspects"]
+    return described
+
+
 def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, command: str) -> str:
     """Write `results.md` (table, command, machine) and the plots; return the table."""
     table = summarise(rows, config)
@@ -1403,7 +1438,7 @@ def write_reports(rows: list[dict], config: BenchmarkConfig, output_dir: Path, c
     atomic_write_text(
         output_dir / "results.md",
         f"{table}\n\nCommand: `{command}`. Machine: {machine}.\n"
-        f"Grid: {json.dumps({k: asdict(v) for k, v in config.defenses.items()})}\n",
+        f"Grid: {json.dumps({k: entry_description(v) for k, v in config.defenses.items()})}\n",
     )
     measured = [r for r in rows if not r.get("failed")]
     if any(r["trigger"] != CLEAN and not r.get("unsupported") for r in measured):

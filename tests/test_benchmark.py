@@ -93,6 +93,36 @@ def test_only_runs_the_named_suspects_cells_and_leaves_the_rest_for_later(tmp_pa
     )  # the clean model's 3, of the 9
 
 
+def test_an_entry_with_suspects_runs_on_those_suspects_only(tmp_path):
+    ablation = {"method": "ft", "grid": [0.05], "suspects": ["tiny-wav2vec2/tone", "tiny-wav2vec2/clean"]}
+    values = grid(tmp_path, triggers=["noise_burst", "tone"], clean_models=True, seeds=[0])
+    values["defenses"] = {**values["defenses"], "ft-ablation": ablation}
+    cells = Benchmark(BenchmarkConfig(**values)).cells()
+    assert sorted((t, d) for _, t, d, *_ in cells if d == "ft-ablation") == [
+        ("clean", "ft-ablation"),
+        ("tone", "ft-ablation"),
+    ]
+    assert len(cells) == 9 + 2  # ft's 2 values and clp on 3 suspects, the ablation on 2 of them
+    for suspects, message in (
+        (
+            ["tiny-wav2vec2/pbsm"],
+            r"suspects 'tiny-wav2vec2/pbsm' are not in the grid; it has: tiny-wav2vec2/clean",
+        ),
+        (["tiny-hubert/tone"], "'tiny-hubert/tone' are not in the grid"),  # a model the grid does not train
+        ([], "must list at least one"),
+        ("tiny-wav2vec2/tone", "must list at least one"),  # a string, not a list
+    ):
+        values["defenses"]["ft-ablation"] = {**ablation, "suspects": suspects}
+        with pytest.raises(BenchmarkConfigError, match=message):
+            BenchmarkConfig(**values)
+    values["defenses"]["ft"] = {**values["defenses"]["ft"], "suspects": ["tiny-wav2vec2/tone"]}
+    values["defenses"]["ft-ablation"] = ablation
+    with pytest.raises(
+        BenchmarkConfigError, match="'ft' is the cost reference: it must run on every suspect"
+    ):
+        BenchmarkConfig(**values)
+
+
 def test_choice_is_the_strongest_value_within_the_validation_drop(tmp_path):
     config = BenchmarkConfig(**grid(tmp_path))
 
