@@ -106,7 +106,7 @@ class DefenseEntry:
 
     def runs_on(self, model: str, trigger: Any) -> bool:
         """Whether the entry has cells on the suspect (model, trigger)."""
-        return self.suspects is None or f"{model}/{trigger_name(trigger)}" in self.suspects
+        return self.suspects is None or suspect_label(model, trigger) in self.suspects
 
     @property
     def defense(self) -> DefenseMethod:
@@ -272,8 +272,9 @@ class BenchmarkConfig:
                     f"{CLEAN!r} is not a trigger: set `clean_models: true` to defend models trained without one"
                 )
             grid_trigger(trigger)  # unknown trigger names fail before any training
-        triggers = [*self.triggers, *([CLEAN] if self.clean_models else [])]
-        suspects = {f"{model}/{trigger_name(trigger)}" for model in self.models for trigger in triggers}
+        suspects = {
+            suspect_label(model, trigger) for model in self.models for trigger in self.suspect_triggers
+        }
         for name, entry in self.defenses.items():
             if entry.suspects is None:
                 continue
@@ -289,6 +290,11 @@ class BenchmarkConfig:
                 raise BenchmarkConfigError(
                     f"defense {name!r} is the cost reference: it must run on every suspect"
                 )
+
+    @property
+    def suspect_triggers(self) -> list[Any]:
+        """The triggers each model is trained with: the grid's, then `CLEAN` with `clean_models`."""
+        return [*self.triggers, *([CLEAN] if self.clean_models else [])]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
@@ -315,6 +321,11 @@ def grid_trigger(trigger: Any) -> Trigger:
         if trigger in references:
             return references[trigger]
         raise TriggerError(f"{error}; or one of the reference triggers: {', '.join(references)}") from None
+
+
+def suspect_label(model: str, trigger: Any) -> str:
+    """A suspect as `--only` and a grid entry's `suspects` name it: `MODEL/TRIGGER` (`MODEL/clean`)."""
+    return f"{model}/{trigger_name(trigger)}"
 
 
 def trigger_name(trigger: Any) -> str:
@@ -403,9 +414,8 @@ class Benchmark:
     def cells(self) -> list[tuple[str, Any, str, float, int]]:
         """Every (model, trigger, defense, knob value, seed) of the grid, in run order."""
         out = []
-        triggers = [*self.config.triggers, *([CLEAN] if self.config.clean_models else [])]
         for model in self.config.models:
-            for trigger in triggers:
+            for trigger in self.config.suspect_triggers:
                 for name, entry in self.config.defenses.items():
                     if not entry.runs_on(model, trigger):
                         continue
