@@ -173,6 +173,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "purify_detection_threshold": NON_NEGATIVE,  # 0: every class with a positive gap is a candidate
     "purify_spectral_threshold": NON_NEGATIVE,
     "purify_max_targets": COUNT,
+    "purify_confirm_success": OPEN_FRACTION,
     "purify_candidates": COUNT,
     "purify_inversion_clips": COUNT,
     "purify_distillation": FRACTION,

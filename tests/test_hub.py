@@ -66,6 +66,22 @@ def test_card_without_a_known_attack_states_only_clean_accuracy():
     assert "attack success rate was not measured" in card.text
 
 
+def test_a_purify_card_says_when_the_detection_was_weak():
+    info = {"fallback": None, "targets": [8], "target_names": ["stop"], "rounds": [{}, {}, {}]}
+    record = minimal_defense_record(defense="purify", info={**info, "weak_detection": None})
+    assert "detection was weak" not in build_model_card(record, "kws-cleaned").text
+    record["info"]["weak_detection"] = {"best_success": 0.49, "bar": 0.7}
+    text = " ".join(build_model_card(record, "kws-cleaned").text.split())
+    assert (
+        "The detection was weak:** the strongest inverted trigger sent only 49% of held-out clean clips"
+        in text
+    )
+    assert "below the 70% a backdoor's target reaches, so it may not be the backdoor's target" in text
+    record["info"] = {"fallback": "gn-ft", "targets": [], "target_names": [], "rounds": []}
+    text = " ".join(build_model_card(record, "kws-cleaned").text.split())
+    assert "nothing was unlearned" in text and "a backdoor that no inversion family expresses" in text
+
+
 def test_card_holds_no_local_path_or_user_name(tmp_path):
     record = minimal_defense_record(
         data_args={"dataset": "audiofolder", "data_dir": str(tmp_path / "my-data")},

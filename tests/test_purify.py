@@ -28,6 +28,7 @@ from hf_gnft.defenses.purify import (
     interpolate_weights,
     mixed_training_set,
     walk_back,
+    weak_detection,
 )
 from hf_gnft.inversion import (
     ClassInversion,
@@ -415,6 +416,7 @@ def test_purify_removes_the_planted_backdoor_where_ft_with_the_same_steps_does_n
     after_ft = backdoor_metrics(planted, ft.model)
     print(outcome.info["detection"], outcome.info["rounds"], after, after_ft)
     assert outcome.info["targets"] == [planted.target] and outcome.info["fallback"] is None
+    assert outcome.info["weak_detection"] is None  # a planted backdoor's target is reached by most clips
     assert outcome.info["steps"] == ft.info["steps"] == 20  # the same budget
     # three rounds, each re-inverting the target against the current model at its start
     assert [(r["round"], r["step"]) for r in outcome.info["rounds"]] == [(0, 0), (1, 7), (2, 14)]
@@ -636,3 +638,27 @@ def test_a_relearning_window_the_encoder_cannot_take_is_refused_before_any_work(
     with pytest.raises(DefenseInputError, match=r"purify_relearn_encoder_crop_s=0.001: .*receptive field"):
         apply_purify(planted.model, planted.extractor, planted.clean,
                      purify_config(tmp_path, purify_relearn_encoder_crop_s=0.001))  # fmt: skip
+
+
+def test_a_target_whose_refined_inversion_stays_below_the_bar_is_reported_as_a_weak_detection(tmp_path):
+    """The tiny Wav2Vec2 PBSM suspect of the 1,000-clip grid: purify took classes reached by 0.39-0.49 of held-out
+    clips (natural sinks) while every true target on the benchmarks' suspects was reached by 0.81-1.0."""
+    refined = [
+        {"target": 8, "family": "additive", "success": 0.49},
+        {"target": 4, "family": "additive", "success": 0.46},
+    ]
+    assert weak_detection(refined, [8], 0.7) == {"best_success": 0.49, "bar": 0.7}
+    assert weak_detection(refined, [8], 0.4) is None
+    strong = [
+        {"target": 0, "family": "spectral", "success": 0.81},
+        {"target": 7, "family": "additive", "success": 0.3},
+    ]
+    assert weak_detection(strong, [0], 0.7) is None
+    assert weak_detection(strong, [7], 0.7) == {
+        "best_success": 0.3,
+        "bar": 0.7,
+    }  # only the unlearned targets count
+    assert weak_detection([], [], 0.7) is None  # nothing suspected: the GN-FT fallback, not a weak detection
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="purify_confirm_success"):
+            PurifyConfig(output_dir=str(tmp_path), purify_confirm_success=bad)

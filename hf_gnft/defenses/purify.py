@@ -249,6 +249,12 @@ class PurifyConfig(DefenseConfig):
             Per family, the classes (at most this many) whose detection gap exceeds the threshold are inverted again
             at the unlearning budget, and the most successful becomes the target: the detection's largest gap alone
             named a wrong class first in 3 of 11 detections on tiny Wav2Vec2 suspects.
+        purify_confirm_success (`float`, *optional*, defaults to `0.7`):
+            The held-out success a suspected target's refined inversion must reach to count as a backdoor found. Below
+            it purify still unlearns the target but says the detection was weak (`info["weak_detection"]`, a warning,
+            the card): the backdoor may have been missed. Every target found on the benchmarks' suspects reached
+            0.81-1.0; on a tiny Wav2Vec2 PBSM suspect whose backdoor answers the pitch shift and the click only
+            together, the wrong classes purify took reached 0.39-0.49 (docs/lasting.md).
         purify_unlearn (`str`, *optional*, defaults to `"flagged"`):
             `"flagged"`: each suspected target is inverted and unlearned with the families whose gap named it;
             `"all"`: with every family of `purify_families`.
@@ -436,6 +442,13 @@ class PurifyConfig(DefenseConfig):
     purify_candidates: int = field(
         default=3, metadata={"help": "Candidate classes per family re-inverted at the unlearning budget."}
     )
+    purify_confirm_success: float = field(
+        default=0.7,
+        metadata={
+            "help": "Held-out success a suspected target's refined inversion must reach to count as a backdoor "
+            "found; below it the record and the card say the detection was weak."
+        },
+    )
     purify_unlearn: str = field(
         default="flagged",
         metadata={
@@ -543,9 +556,10 @@ class PurifyConfig(DefenseConfig):
             raise ValueError(f"purify_repair_epochs must be a finite number >= 0, got {epochs!r}")
         if not (is_finite_number(rate) and rate > 0):
             raise ValueError(f"purify_repair_learning_rate must be a finite number > 0, got {rate!r}")
-        share = self.purify_shape_min_success
-        if not (is_finite_number(share) and 0 < share <= 1):
-            raise ValueError(f"purify_shape_min_success must be in (0, 1], got {share!r}")
+        for name in ("purify_shape_min_success", "purify_confirm_success"):
+            share = getattr(self, name)
+            if not (is_finite_number(share) and 0 < share <= 1):
+                raise ValueError(f"{name} must be in (0, 1], got {share!r}")
         ratio = self.purify_mix_ratio
         if not (is_finite_number(ratio) and ratio > 0):
             raise ValueError(f"purify_mix_ratio must be a finite number > 0, got {ratio!r}")
@@ -635,6 +649,16 @@ def unlearning_plan(
         else:
             plan += [(target, family) for family in named]
     return plan
+
+
+def weak_detection(refined: list[dict[str, Any]], targets: list[int], bar: float) -> dict[str, Any] | None:
+    """`{"best_success", "bar"}` when the most successful refined inversion of `targets` sends fewer than `bar` of
+    the held-out clips to its class (a natural sink rather than a backdoor's target, or a trigger no family
+    expresses); `None` when a target reaches it or there is no target."""
+    best = max((row["success"] for row in refined if row["target"] in targets), default=None)
+    if best is None or best >= bar:
+        return None
+    return {"best_success": float(best), "bar": float(bar)}
 
 
 def unlearning_rounds(plan: list[tuple[int, str]], config: PurifyConfig) -> int:
@@ -1105,7 +1129,15 @@ def apply_purify(
         "plan": [[target, family] for target, family in plan],
         "target_names": [model.config.id2label[t] for t in targets] if hasattr(model, "config") else targets,
         "fallback": None,
+        "weak_detection": weak_detection(refined, targets, config.purify_confirm_success),
     }
+    if info["weak_detection"] is not None:
+        logger.warning(
+            "Purify: the strongest inverted trigger sends only %.0f%% of held-out clean clips to its class, below "
+            "purify_confirm_success %.0f%%: the class may not be the backdoor's target, and the backdoor may remain",
+            100 * info["weak_detection"]["best_success"],
+            100 * config.purify_confirm_success,
+        )
     if not targets:
         # nothing stands out: no unlearning, GN-FT with the same number of steps (the mixed set's)
         budget = copy.deepcopy(config)
