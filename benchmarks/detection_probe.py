@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["additive", "spectral", "burst"])
     parser.add_argument("--classes", type=int, nargs="*", default=None, help="default: every class")
     parser.add_argument("--test_clips", type=int, default=300)
+    parser.add_argument("--level_db", type=float, default=None, help="the burst's level (default: purify's)")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     torch.manual_seed(0)
@@ -63,6 +64,8 @@ def main() -> None:
         success = evaluate_backdoor(model, extractor, test, triggered, spec.target_label).attack_success_rate
         print(f"{name}: ASR {100 * success:.1f}% (target {spec.target_label})", flush=True)
     settings = PurifyConfig(output_dir="unused").inversion_settings()
+    if args.level_db is not None:
+        settings = dataclasses.replace(settings, level_db=args.level_db)
     batching, normalize, rate = model_input(model, extractor)
     clips = dataset["validation"].shuffle(seed=0).select(range(128))
     classes = args.classes if args.classes is not None else range(model.config.num_labels)
