@@ -659,6 +659,6 @@ def test_a_target_whose_refined_inversion_stays_below_the_bar_is_reported_as_a_w
         "bar": 0.7,
     }  # only the unlearned targets count
     assert weak_detection([], [], 0.7) is None  # nothing suspected: the GN-FT fallback, not a weak detection
-    for bad in (0.0, 1.5, float("nan")):
+    for bad in (0.0, 1.5, float("nan"), None):  # None: the range check skips it, purify's own check does not
         with pytest.raises(ValueError, match="purify_confirm_success"):
             PurifyConfig(output_dir=str(tmp_path), purify_confirm_success=bad)
